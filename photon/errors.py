@@ -1,0 +1,102 @@
+"""The exception tree, written down once.
+
+    PhotonError                      base of every error Photon raises on purpose
+    ├── ConfigError                  a config file or option is wrong; names the key and the fix
+    ├── DataError                    token shards missing, corrupt or mismatched
+    ├── PKIError                     certificates: missing, expired, foreign CA, would overwrite
+    ├── TransferError                moving an object failed; carries transfer id and offset
+    │   ├── ChunkIntegrityError      a chunk's CRC, offset or the object's digest is wrong
+    │   ├── ResumeMismatch           a resume does not match the transfer on the other side
+    │   └── LinkTimeout              no progress on a link within the allowed time
+    ├── CodecError                   an encoded object cannot be decoded (truncated, corrupt, bad manifest)
+    ├── UpdateRejected               an update failed validation (manifest, size, finite, norm, round)
+    ├── RoundClosed                  an update or task refers to a round that is no longer open
+    └── NotAuthorized                a peer's identity is not allowed to do what it asked
+
+Every error carries an optional `silo` and `round` so a log line can say whose and when. The
+aggregator's servicer is the only place that turns these into gRPC status codes.
+"""
+
+from __future__ import annotations
+
+
+class PhotonError(Exception):
+    """Base class; `silo` and `round` say whose work failed, when known."""
+
+    def __init__(self, message: str, *, silo: str | None = None, round: int | None = None) -> None:
+        super().__init__(message)
+        self.silo = silo
+        self.round = round
+
+    def context(self) -> dict[str, object]:
+        """Fields for a structured log line."""
+        return {k: v for k, v in (("silo", self.silo), ("round", self.round)) if v is not None}
+
+
+class ConfigError(PhotonError):
+    """A configuration value is missing, mistyped or contradicts another."""
+
+
+class DataError(PhotonError):
+    """Token shards are missing, corrupt, or were made with another tokenizer."""
+
+
+class PKIError(PhotonError):
+    """A certificate or key is missing, invalid, expired, or would be overwritten."""
+
+
+class TransferError(PhotonError):
+    """Moving an object between the daemons failed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        transfer_id: str | None = None,
+        offset: int | None = None,
+        silo: str | None = None,
+        round: int | None = None,
+    ) -> None:
+        super().__init__(message, silo=silo, round=round)
+        self.transfer_id = transfer_id
+        self.offset = offset
+
+    def context(self) -> dict[str, object]:
+        ctx = super().context()
+        if self.transfer_id is not None:
+            ctx["transfer_id"] = self.transfer_id
+        if self.offset is not None:
+            ctx["offset"] = self.offset
+        return ctx
+
+
+class ChunkIntegrityError(TransferError):
+    """A chunk's checksum or offset, or the whole object's digest, does not match."""
+
+
+class ResumeMismatch(TransferError):
+    """A resumed transfer does not match what the other side holds."""
+
+
+class LinkTimeout(TransferError):
+    """A link made no progress within the allowed time."""
+
+
+class CodecError(PhotonError):
+    """An encoded object is truncated, corrupt, or its manifest is invalid."""
+
+
+class UpdateRejected(PhotonError):
+    """An update failed validation; nothing of it reached the aggregate."""
+
+
+class RoundClosed(PhotonError):
+    """The round an update or task names is not the open one."""
+
+    def __init__(self, message: str, *, open_round: int, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.open_round = open_round
+
+
+class NotAuthorized(PhotonError):
+    """The peer's certificate identity may not perform this action."""
