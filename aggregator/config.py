@@ -1,0 +1,129 @@
+"""The aggregator's typed configuration, loaded from `aggregator.toml`.
+
+    [server]      where to listen, state directory, certificates
+    [rounds]      selection, quorum, deadlines, liveness
+    [outer]       the outer optimizer (see aggregator.strategies.OuterConfig)
+    [eval]        optional operator-held evaluation data
+    [federation]  the federation spec every silo receives (photon.federation.FederationSpec)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aggregator.strategies import OuterConfig
+from photon.configload import apply_env_overrides, from_mapping, read_toml
+from photon.errors import ConfigError
+from photon.federation import FederationSpec
+
+
+@dataclass(kw_only=True, slots=True)
+class ServerConfig:
+    """Network endpoint, storage and identity of the aggregator."""
+
+    #: host:port to listen on; port 0 picks a free port (written to `port_file`).
+    listen: str = "127.0.0.1:50051"
+    #: Durable state: SQLite journal, spool of received updates, checkpoints.
+    state_dir: Path = Path("aggregator-state")
+    #: Federation certificate folder from `photon certs init` (ca.crt, aggregator.crt/.key).
+    certs_dir: Path | None = None
+    #: Plaintext gRPC. Only for experiments on a trusted host; logs a warning.
+    insecure: bool = False
+    #: Silo names allowed to join; empty means any silo holding a federation certificate.
+    allowlist: list[str] = field(default_factory=list)
+    #: Where to write the bound port once listening (useful with port 0).
+    port_file: Path | None = None
+    #: Transfer chunk size in bytes.
+    chunk_bytes: int = 2 * 1024 * 1024
+    #: Worker threads serving RPCs.
+    max_workers: int = 32
+    #: Checkpoints to keep on disk (older ones are pruned); 0 keeps all.
+    keep_checkpoints: int = 0
+
+    def __post_init__(self) -> None:
+        if ":" not in self.listen:
+            raise ConfigError(f"server.listen = {self.listen!r} must be host:port (e.g. 0.0.0.0:50051)")
+        if not self.insecure and self.certs_dir is None:
+            raise ConfigError(
+                "server.certs_dir is required (make one with `photon certs init`), "
+                "or set server.insecure = true for a plaintext experiment"
+            )
+        if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
+            raise ConfigError("server.chunk_bytes must be within [65536, 8388608] (try 2097152)")
+
+
+@dataclass(kw_only=True, slots=True)
+class RoundsConfig:
+    """How a round selects silos and when it closes."""
+
+    #: Silos that must have joined before the first round opens.
+    min_silos: int = 1
+    #: Silos sampled per round (seeded, uniform without replacement); 0 means all joined.
+    silos_per_round: int = 0
+    #: Updates needed to close a round at its deadline, as a fraction of the selected silos.
+    quorum: float = 1.0
+    #: Seconds a round stays open for updates before it closes with the quorum it has.
+    deadline_s: float = 600.0
+    #: A silo with no RPC for this long is marked lost and is not waited for.
+    heartbeat_timeout_s: float = 30.0
+    #: Longest a GetTask long-poll waits before answering WAIT.
+    long_poll_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.min_silos < 1:
+            raise ConfigError("rounds.min_silos must be >= 1")
+        if self.silos_per_round < 0:
+            raise ConfigError("rounds.silos_per_round must be >= 0 (0 = all)")
+        if not 0.0 < self.quorum <= 1.0:
+            raise ConfigError("rounds.quorum must be within (0, 1]")
+        for name in ("deadline_s", "heartbeat_timeout_s", "long_poll_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"rounds.{name} must be > 0")
+
+
+@dataclass(kw_only=True, slots=True)
+class EvalConfig:
+    """Operator-held evaluation data (a `photon data prepare` folder); optional."""
+
+    #: Prepared token folder whose held-out split evaluates every global version.
+    data_dir: Path | None = None
+    #: Batches per evaluation.
+    batches: int = 16
+
+
+@dataclass(kw_only=True, slots=True)
+class AggregatorConfig:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    federation: FederationSpec = field(default_factory=FederationSpec)
+
+    def __post_init__(self) -> None:
+        if self.rounds.silos_per_round and self.rounds.silos_per_round < self.rounds.min_silos:
+            raise ConfigError(
+                "rounds.silos_per_round is smaller than rounds.min_silos; "
+                "raise silos_per_round or lower min_silos"
+            )
+
+
+def load_aggregator_config(path: Path, environ: dict[str, str] | None = None) -> AggregatorConfig:
+    """Read `aggregator.toml`, apply PHOTON__* environment overrides, validate."""
+    data: dict[str, Any] = read_toml(path)
+    apply_env_overrides(data, environ)
+    config = from_mapping(AggregatorConfig, data)
+    _resolve_relative_paths(config, Path(path).parent)
+    return config
+
+
+def _resolve_relative_paths(config: AggregatorConfig, base: Path) -> None:
+    srv = config.server
+    srv.state_dir = base / srv.state_dir
+    if srv.certs_dir is not None:
+        srv.certs_dir = base / srv.certs_dir
+    if srv.port_file is not None:
+        srv.port_file = base / srv.port_file
+    if config.eval.data_dir is not None:
+        config.eval.data_dir = base / config.eval.data_dir

@@ -1,0 +1,371 @@
+"""The round engine: membership, round selection, tasks, accepting updates, closing rounds.
+
+It knows nothing of gRPC: the servicer calls it with a silo id (from the client certificate)
+and plain values, and turns its `PhotonError`s into status codes. All mutable state sits behind
+one condition variable; long work (aggregating, evaluating, streaming bytes) runs outside it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aggregator.config import AggregatorConfig
+from aggregator.globalmodel import GlobalModel
+from aggregator.store import RoundRow, Store, UpdateRow
+from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.validate import validate_update
+from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
+from photon.logs import get_logger
+
+log = get_logger("aggregator.engine")
+
+TaskKind = Literal["train", "eval", "wait", "done"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDecision:
+    kind: TaskKind
+    round: int = 0
+    base_version: int = 0
+    local_steps: int = 0
+    global_step: int = 0
+    deadline_s: float = 0.0
+    retry_after_s: float = 0.0
+    message: str = ""
+
+
+@dataclass(slots=True)
+class _OpenRound:
+    row: RoundRow
+    reported: set[str] = field(default_factory=set)
+
+
+class RoundEngine:
+    """Drives rounds from `min_silos` joined to `federation.rounds` versions published."""
+
+    def __init__(
+        self,
+        cfg: AggregatorConfig,
+        store: Store,
+        model: GlobalModel,
+        *,
+        clock: Callable[[], float] = time.time,
+        evaluate: Callable[[int], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.spec = cfg.federation
+        self.store = store
+        self.model = model
+        self.clock = clock
+        self._evaluate = evaluate
+        self._cond = threading.Condition()
+        self._open: _OpenRound | None = None
+        self._aggregating = False
+        self._last_seen: dict[str, float] = {}
+        self._state: dict[str, str] = {}
+        self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
+        self._recover()
+
+    # -- recovery ---------------------------------------------------------------------------
+    def _recover(self) -> None:
+        now = self.clock()
+        for silo in self.store.silos():
+            # Restarted: nobody is known to be alive until it calls again.
+            self._state[silo.silo_id] = "lost" if silo.state == "online" else silo.state
+            self._last_seen[silo.silo_id] = now
+        version = self.model.version
+        for row in self.store.rounds():
+            if row.round < version and row.closed_at is None:
+                self.store.close_round(row.round, now, "recovered")
+            elif row.round == version and row.closed_at is None:
+                reported = {u.silo_id for u in self.store.updates(row.round)}
+                self._open = _OpenRound(row=row, reported=reported)
+                log.info("round_resumed", round=row.round, reported=sorted(reported))
+        self.uploads.clean_closed_rounds(before=version)
+
+    # -- membership -------------------------------------------------------------------------
+    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> bytes:
+        self._authorize(silo)
+        if tokenizer_digest and tokenizer_digest != self.spec.tokenizer_digest:
+            raise NotAuthorized(
+                f"tokenizer digest {tokenizer_digest[:12]} differs from the federation's "
+                f"{self.spec.tokenizer_digest[:12]}; prepare data with tokenizer "
+                f"{self.spec.tokenizer!r}",
+                silo=silo,
+            )
+        with self._cond:
+            self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
+            self._touch(silo)
+            log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
+            self._cond.notify_all()
+        return self.spec.to_json()
+
+    def heartbeat(self, silo: str) -> int:
+        with self._cond:
+            self._touch(silo)
+            return self.model.version
+
+    def leave(self, silo: str, reason: str) -> None:
+        with self._cond:
+            self._require_joined(silo)
+            self._state[silo] = "left"
+            self.store.set_silo_state(silo, "left", self.clock())
+            log.info("silo_left", silo=silo, reason=reason)
+            self._cond.notify_all()
+
+    def _authorize(self, silo: str) -> None:
+        allow = self.cfg.server.allowlist
+        if allow and silo not in allow:
+            raise NotAuthorized(f"silo {silo!r} is not in the aggregator's allowlist", silo=silo)
+
+    def _require_joined(self, silo: str) -> None:
+        if silo not in self._state:
+            raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
+
+    def _touch(self, silo: str) -> None:
+        self._require_joined(silo)
+        self._last_seen[silo] = self.clock()
+        if self._state.get(silo) != "online":
+            if self._state.get(silo) == "lost":
+                log.info("silo_back", silo=silo)
+            self._state[silo] = "online"
+            self.store.set_silo_state(silo, "online", self._last_seen[silo])
+
+    def online(self) -> list[str]:
+        return sorted(s for s, st in self._state.items() if st == "online")
+
+    # -- tasks ------------------------------------------------------------------------------
+    def get_task(self, silo: str, wait_s: float) -> TaskDecision:
+        end = time.monotonic() + max(0.0, wait_s)
+        with self._cond:
+            self._touch(silo)
+            while True:
+                decision = self._decide(silo)
+                remaining = end - time.monotonic()
+                if decision.kind != "wait" or remaining <= 0:
+                    return decision
+                self._cond.wait(timeout=min(remaining, 1.0))
+                self._touch(silo)
+
+    def _decide(self, silo: str) -> TaskDecision:
+        version = self.model.version
+        if version >= self.spec.rounds:
+            if silo not in self._final_eval_reporters():
+                return TaskDecision(kind="eval", base_version=version, round=version)
+            return TaskDecision(kind="done", message="federation finished")
+        op = self._open
+        if op is None or self._aggregating:
+            need = self.cfg.rounds.min_silos - len(self.online())
+            why = f"waiting for {need} more silo(s)" if need > 0 else "aggregating"
+            return TaskDecision(kind="wait", retry_after_s=1.0, message=why)
+        if silo in op.row.selected and silo not in op.reported:
+            return TaskDecision(
+                kind="train",
+                round=op.row.round,
+                base_version=op.row.base_version,
+                local_steps=self.spec.local_steps,
+                global_step=op.row.round * self.spec.local_steps,
+                deadline_s=max(0.0, op.row.deadline_at - self.clock()),
+            )
+        why = "update received" if silo in op.reported else "not selected this round"
+        return TaskDecision(kind="wait", round=op.row.round, retry_after_s=1.0, message=why)
+
+    def _final_eval_reporters(self) -> set[str]:
+        final = self.model.version
+        return {src for v, src, _, _ in self.store.evals() if v == final}
+
+    # -- evals ------------------------------------------------------------------------------
+    def report_eval(self, silo: str, version: int, loss: float, tokens: int) -> None:
+        if not math.isfinite(loss) or loss < 0:
+            raise UpdateRejected(f"eval loss {loss!r} is not a finite non-negative number",
+                                 silo=silo)
+        with self._cond:
+            self._touch(silo)
+            if version > self.model.version:
+                raise UpdateRejected(f"version {version} does not exist yet", silo=silo)
+            self.store.add_eval(version, silo, loss, tokens)
+            self._cond.notify_all()
+
+    # -- uploads ----------------------------------------------------------------------------
+    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
+        """Check an upload may proceed and return its (possibly resumed) receive session."""
+        with self._cond:
+            self._touch(silo)
+            op = self._check_round(silo, info.round)
+            if info.base_version != op.row.base_version:
+                raise UpdateRejected(
+                    f"update is based on version {info.base_version} but round {info.round} "
+                    f"trains version {op.row.base_version}",
+                    silo=silo, round=info.round,
+                )
+            if info.size > self.model.max_update_bytes:
+                raise UpdateRejected(
+                    f"declared size {info.size} exceeds the bound {self.model.max_update_bytes} "
+                    "for this model", silo=silo, round=info.round,
+                )
+            return self.uploads.open(silo, info)
+
+    def complete_upload(self, silo: str, info: UploadHeaderInfo, path: Path) -> bool:
+        """Validate a fully received update and record it durably. True if newly accepted."""
+        try:
+            validate_update(path, self.model, self.spec)
+        except PhotonError:
+            self.uploads.discard(info.transfer_id, path)
+            raise
+        with self._cond:
+            op = self._check_round(silo, info.round, allow_reported=True)
+            row = UpdateRow(
+                round=info.round, silo_id=silo, digest=info.digest, path=str(path),
+                size=info.size, num_tokens=info.num_tokens, train_loss=info.train_loss,
+                base_eval_loss=info.base_eval_loss, train_seconds=info.train_seconds,
+                accepted_at=self.clock(),
+            )
+            new = self.store.add_update(row)
+            if new:
+                op.reported.add(silo)
+                if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
+                    self.store.add_eval(info.base_version, silo, info.base_eval_loss,
+                                        info.num_tokens)
+                log.info("update_accepted", silo=silo, round=info.round, bytes=info.size,
+                         tokens=info.num_tokens, train_loss=info.train_loss)
+            self.uploads.finish(info.transfer_id)
+            self._cond.notify_all()
+            return new
+
+    def _check_round(self, silo: str, round_: int, allow_reported: bool = False) -> _OpenRound:
+        op = self._open
+        if op is None or self._aggregating or op.row.round != round_:
+            open_round = self.model.version
+            raise RoundClosed(
+                f"round {round_} is not open; the open round is {open_round} "
+                "(call GetTask for the current task)",
+                open_round=open_round, silo=silo, round=round_,
+            )
+        if silo not in op.row.selected:
+            raise NotAuthorized(f"silo {silo!r} was not selected for round {round_}",
+                                silo=silo, round=round_)
+        if silo in op.reported and not allow_reported:
+            done = next(u for u in self.store.updates(round_) if u.silo_id == silo)
+            raise UpdateRejected(
+                f"an update from {silo!r} for round {round_} was already accepted "
+                f"(digest {done.digest[:12]})", silo=silo, round=round_,
+            )
+        return op
+
+    def accepted_digest(self, silo: str, round_: int) -> str | None:
+        for u in self.store.updates(round_):
+            if u.silo_id == silo:
+                return u.digest
+        return None
+
+    # -- the driver: liveness, opening and closing rounds -----------------------------------
+    def tick(self) -> None:
+        """One pass of housekeeping; called by the driver thread (and by tests)."""
+        to_close: _OpenRound | None = None
+        with self._cond:
+            self._mark_lost()
+            if self._open is None and self.model.version < self.spec.rounds:
+                self._open_round()
+            op = self._open
+            if op is not None and not self._aggregating and self._should_close(op):
+                self._aggregating = True
+                to_close = op
+        if to_close is not None:
+            self._close(to_close)
+
+    def _mark_lost(self) -> None:
+        limit = self.clock() - self.cfg.rounds.heartbeat_timeout_s
+        for silo, state in sorted(self._state.items()):
+            if state == "online" and self._last_seen.get(silo, 0.0) < limit:
+                self._state[silo] = "lost"
+                self.store.set_silo_state(silo, "lost")
+                log.warning("silo_lost", silo=silo,
+                            timeout_s=self.cfg.rounds.heartbeat_timeout_s,
+                            policy="round continues without it; quorum decides")
+                self._cond.notify_all()
+
+    def _open_round(self) -> None:
+        online = self.online()
+        if len(online) < self.cfg.rounds.min_silos:
+            return
+        round_ = self.model.version
+        k = self.cfg.rounds.silos_per_round or len(online)
+        rng = random.Random(f"{self.spec.seed}:{round_}")
+        selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
+        now = self.clock()
+        row = RoundRow(round=round_, base_version=round_, selected=selected, opened_at=now,
+                       deadline_at=now + self.cfg.rounds.deadline_s, closed_at=None,
+                       outcome=None)
+        self.store.open_round(row)
+        self._open = _OpenRound(row=row)
+        log.info("round_opened", round=round_, selected=list(selected),
+                 deadline_s=self.cfg.rounds.deadline_s)
+        self._cond.notify_all()
+
+    def _should_close(self, op: _OpenRound) -> bool:
+        selected = set(op.row.selected)
+        reported = op.reported & selected
+        if not reported:
+            return False
+        if reported == selected:
+            return True
+        quorum = math.ceil(self.cfg.rounds.quorum * len(selected))
+        pending_alive = [s for s in selected - reported if self._state.get(s) == "online"]
+        if len(reported) >= quorum and not pending_alive:
+            log.warning("round_closing_without", round=op.row.round,
+                        missing=sorted(selected - reported), reason="lost")
+            return True
+        if self.clock() >= op.row.deadline_at:
+            if len(reported) >= quorum:
+                log.warning("round_deadline", round=op.row.round,
+                            missing=sorted(selected - reported))
+                return True
+            new_deadline = self.clock() + self.cfg.rounds.deadline_s
+            self.store.extend_deadline(op.row.round, new_deadline)
+            op.row = RoundRow(**{**_asdict(op.row), "deadline_at": new_deadline})
+            log.warning("round_deadline_extended", round=op.row.round, reported=len(reported),
+                        quorum=quorum)
+        return False
+
+    def _close(self, op: _OpenRound) -> None:
+        started = time.monotonic()
+        updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
+        try:
+            self.model.advance(updates, op.row.round)
+        except BaseException:
+            with self._cond:
+                self._aggregating = False
+            raise
+        with self._cond:
+            self.store.close_round(op.row.round, self.clock(), "aggregated")
+            self._open = None
+            self._aggregating = False
+            self.uploads.clean_closed_rounds(before=self.model.version)
+            log.info("round_closed", round=op.row.round, version=self.model.version,
+                     updates=len(updates), aggregate_s=round(time.monotonic() - started, 3))
+            self._cond.notify_all()
+        if self._evaluate is not None:
+            self._evaluate(self.model.version)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """The last round is aggregated and every silo that was online has left or got DONE."""
+        with self._cond:
+            if self.model.version < self.spec.rounds:
+                return False
+            return all(st != "online" for st in self._state.values())
+
+    def wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+
+def _asdict(row: RoundRow) -> dict[str, object]:
+    return {f: getattr(row, f) for f in row.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,152 @@
+"""The aggregator daemon: wires config, journal, global model, engine and the gRPC server."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from aggregator.config import AggregatorConfig
+from aggregator.engine import RoundEngine
+from aggregator.evaluator import Evaluator
+from aggregator.globalmodel import GlobalModel
+from aggregator.servicer import FederationServicer
+from aggregator.store import Store
+from aggregator.summary import AGGREGATOR_EVAL, build_summary, write_summary
+from photon.errors import ConfigError
+from photon.federation import FederationSpec
+from photon.fsutil import atomic_write_bytes
+from photon.logs import get_logger
+from photon.model import preset
+from photon.tls import TLSFiles, server_credentials
+from photon.tokenizer import load_tokenizer
+from photon.wire import grpc_options
+from photon.v1 import federation_pb2_grpc as pb_grpc
+
+log = get_logger("aggregator.server")
+
+SERVICE_NAME = "photon.v1.Federation"
+
+
+def resolve_spec(spec: FederationSpec) -> None:
+    """Fill in the derived parts of the spec: model config and tokenizer digest."""
+    tokenizer = load_tokenizer(spec.tokenizer)
+    spec.tokenizer_digest = tokenizer.digest()
+    model = preset(spec.preset, vocab_size=tokenizer.vocab_size)
+    if spec.training.seq_len > model.max_seq_len:
+        raise ConfigError(
+            f"federation.training.seq_len = {spec.training.seq_len} exceeds the "
+            f"{spec.preset!r} preset's max_seq_len {model.max_seq_len}"
+        )
+    spec.model = model.to_dict()
+
+
+class AggregatorDaemon:
+    def __init__(self, cfg: AggregatorConfig) -> None:
+        self.cfg = cfg
+        state_dir = Path(cfg.server.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.summary_path = state_dir / "summary.json"
+        self.store = Store(state_dir / "journal.sqlite")
+        resolve_spec(cfg.federation)
+        self._check_same_federation()
+        self.model = GlobalModel(state_dir, cfg.federation, cfg.outer,
+                                 keep_checkpoints=cfg.server.keep_checkpoints)
+        self.evaluator = self._make_evaluator()
+        self.engine = RoundEngine(cfg, self.store, self.model, evaluate=self._evaluate)
+        self.health = health.HealthServicer()
+        self.server: grpc.Server | None = None
+        self.port = 0
+
+    def _check_same_federation(self) -> None:
+        spec = self.cfg.federation
+        stored = self.store.get_meta("federation_digest")
+        if stored is None:
+            self.store.set_meta("federation_digest", spec.digest())
+            self.store.set_meta("federation_spec", spec.to_json().decode())
+        elif stored != spec.digest():
+            raise ConfigError(
+                f"state directory {self.cfg.server.state_dir} belongs to a federation with a "
+                "different [federation] spec; restore the original config or use a new "
+                "server.state_dir"
+            )
+
+    def _make_evaluator(self) -> Evaluator | None:
+        data_dir = self.cfg.eval.data_dir
+        if data_dir is None:
+            return None
+        t = self.cfg.federation.training
+        return Evaluator(data_dir, self.model.model_config, seq_len=t.seq_len,
+                         batch_size=t.batch_size, batches=self.cfg.eval.batches,
+                         tokenizer_digest=self.cfg.federation.tokenizer_digest)
+
+    def _evaluate(self, version: int) -> None:
+        if self.evaluator is not None:
+            loss, tokens = self.evaluator.loss(self.model.params)
+            self.store.add_eval(version, AGGREGATOR_EVAL, loss, tokens)
+            log.info("global_eval", version=version, eval_loss=round(loss, 4), tokens=tokens)
+        write_summary(self.summary_path, build_summary(self.store, self.model,
+                                                       self.cfg.federation))
+
+    # -- serving ----------------------------------------------------------------------------
+    def start(self) -> int:
+        srv = self.cfg.server
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=srv.max_workers),
+                             options=grpc_options(srv.chunk_bytes))
+        servicer = FederationServicer(self.engine, chunk_bytes=srv.chunk_bytes,
+                                      long_poll_s=self.cfg.rounds.long_poll_s,
+                                      insecure=srv.insecure)
+        pb_grpc.add_FederationServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if srv.insecure:
+            log.warning("insecure_mode", detail="plaintext gRPC without client certificates; "
+                        "never use across a network you do not control")
+            self.port = server.add_insecure_port(srv.listen)
+        else:
+            assert srv.certs_dir is not None
+            creds = server_credentials(TLSFiles.for_aggregator(srv.certs_dir))
+            self.port = server.add_secure_port(srv.listen, creds)
+        if self.port == 0:
+            raise ConfigError(f"could not listen on {srv.listen}: address in use or invalid")
+        server.start()
+        self.server = server
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if srv.port_file is not None:
+            atomic_write_bytes(srv.port_file, str(self.port).encode())
+        log.info("aggregator_listening", port=self.port, version=self.model.version,
+                 rounds=self.cfg.federation.rounds, tls=not srv.insecure)
+        return self.port
+
+    def serve(self, stop: threading.Event, *, exit_when_done: bool = False) -> None:
+        """Run the round driver until `stop` is set (or the federation is done)."""
+        if self.evaluator is not None and self.model.version not in self._evaluated():
+            self._evaluate(self.model.version)
+        else:
+            write_summary(self.summary_path, build_summary(self.store, self.model,
+                                                           self.cfg.federation))
+        while not stop.wait(0.25):
+            self.engine.tick()
+            if exit_when_done and self.engine.finished():
+                log.info("federation_done", version=self.model.version,
+                         checkpoint=str(self.model.checkpoint_path))
+                break
+        self.shutdown()
+
+    def _evaluated(self) -> set[int]:
+        return {v for v, src, _, _ in self.store.evals() if src == AGGREGATOR_EVAL}
+
+    def shutdown(self, grace: float = 5.0) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.server is not None:
+            self.engine.wake()
+            self.server.stop(grace).wait()
+            self.server = None
+        write_summary(self.summary_path, build_summary(self.store, self.model,
+                                                       self.cfg.federation))
+        self.store.close()
+        log.info("aggregator_stopped", version=self.model.version)

@@ -1,0 +1,213 @@
+"""gRPC servicer: translates messages to engine calls and domain errors to status codes.
+
+This is the only place that knows both gRPC and Photon's errors. Each status carries a message
+a person can act on.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from aggregator.engine import RoundEngine
+from aggregator.uploads import UploadHeaderInfo
+from bandwidth.chunking import iter_file_chunks
+from photon import errors
+from photon.logs import get_logger
+from photon.tls import peer_identity
+from photon.wire import INSECURE_IDENTITY_KEY
+from photon.v1 import federation_pb2 as pb
+from photon.v1 import federation_pb2_grpc as pb_grpc
+
+log = get_logger("aggregator.servicer")
+
+SYNC_EVERY_BYTES = 32 * 1024 * 1024
+
+_CODES: tuple[tuple[type[errors.PhotonError], grpc.StatusCode], ...] = (
+    (errors.NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.RoundClosed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.ResumeMismatch, grpc.StatusCode.ABORTED),
+    (errors.ChunkIntegrityError, grpc.StatusCode.DATA_LOSS),
+    (errors.UpdateRejected, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.CodecError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.TransferError, grpc.StatusCode.UNAVAILABLE),
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def status_for(exc: errors.PhotonError) -> grpc.StatusCode:
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    if isinstance(exc, errors.PhotonError):
+        code = status_for(exc)
+        log.warning("rpc_refused", method=method, code=code.name, error=str(exc),
+                    **exc.context())
+        context.abort(code, str(exc))
+    log.exception("rpc_failed", method=method)
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see aggregator log")
+
+
+def translated(fn: F) -> F:
+    """Map PhotonErrors raised by a unary or client-streaming handler to status codes."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return fn(self, request, context)
+        except grpc.RpcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every error must become a status
+            if context.code() is not None:  # already aborted inside
+                raise
+            _abort(context, exc, fn.__name__)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    def __init__(self, engine: RoundEngine, *, chunk_bytes: int, long_poll_s: float,
+                 insecure: bool) -> None:
+        self.engine = engine
+        self.chunk_bytes = chunk_bytes
+        self.long_poll_s = long_poll_s
+        self.insecure = insecure
+
+    def _silo(self, context: grpc.ServicerContext) -> str:
+        silo = peer_identity(context)
+        if silo is None and self.insecure:
+            silo = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)  # type: ignore[arg-type]
+        if not silo:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "no client certificate identity; connect with a federation silo "
+                          "certificate (photon certs issue silo NAME)")
+        return str(silo)
+
+    @translated
+    def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
+        silo = self._silo(context)
+        spec = self.engine.join(silo, request.num_train_tokens, request.tokenizer_digest)
+        interval = max(1.0, self.engine.cfg.rounds.heartbeat_timeout_s / 4)
+        return pb.JoinReply(silo_id=silo, federation_spec_json=spec,
+                            heartbeat_interval_s=interval)
+
+    @translated
+    def Heartbeat(self, request: pb.HeartbeatRequest,
+                  context: grpc.ServicerContext) -> pb.HeartbeatReply:
+        silo = self._silo(context)
+        log.debug("heartbeat", silo=silo, round=request.round, step=request.step,
+                  loss=request.loss, phase=request.phase)
+        return pb.HeartbeatReply(open_round=self.engine.heartbeat(silo))
+
+    @translated
+    def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.Task:
+        silo = self._silo(context)
+        remaining = context.time_remaining()
+        wait = self.long_poll_s if remaining is None else min(self.long_poll_s, remaining - 1)
+        d = self.engine.get_task(silo, wait)
+        kind = {"train": pb.Task.TRAIN, "eval": pb.Task.EVAL, "wait": pb.Task.WAIT,
+                "done": pb.Task.DONE}[d.kind]
+        return pb.Task(kind=kind, round=d.round, base_version=d.base_version,
+                       local_steps=d.local_steps, global_step=d.global_step,
+                       deadline_s=d.deadline_s, retry_after_s=d.retry_after_s,
+                       message=d.message)
+
+    def Download(self, request: pb.DownloadRequest,
+                 context: grpc.ServicerContext) -> Iterator[pb.DownloadChunk]:
+        silo = self._silo(context)
+        try:
+            self.engine.heartbeat(silo)
+            pub = self.engine.model.download(request.version, request.have_version)
+        except errors.PhotonError as exc:
+            _abort(context, exc, "Download")
+        if pub is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"version {request.version} is not available; the current version is "
+                          f"{self.engine.model.version} (call GetTask)")
+        if request.offset > pub.size:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE,
+                          f"offset {request.offset} is past the object's size {pub.size}")
+        yield pb.DownloadChunk(header=pb.ObjectHeader(
+            digest=pub.digest, size=pub.size, encoding="full" if pub.base < 0 else "delta",
+            version=pub.version, base_version=pub.base))
+        sent = 0
+        try:
+            for c in iter_file_chunks(pub.path, start=request.offset, chunk_size=self.chunk_bytes):
+                yield pb.DownloadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data),
+                                                      crc32=c.crc32))
+                sent += len(c.data)
+        finally:
+            self.engine.store.add_traffic(pub.version, silo, "down", sent)
+
+    @translated
+    def Upload(self, request_iterator: Iterator[pb.UploadChunk],
+               context: grpc.ServicerContext) -> pb.UploadReply:
+        silo = self._silo(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            raise errors.UpdateRejected("the first Upload message must be a header")
+        info = _header_info(first.header)
+        session = self.engine.begin_upload(silo, info)
+        generation = session.claim()
+        received = since_sync = 0
+        try:
+            for msg in request_iterator:
+                if msg.WhichOneof("body") != "chunk":
+                    raise errors.UpdateRejected("only chunks may follow the Upload header")
+                c = msg.chunk
+                session.write(generation, c.offset, c.data, c.crc32)
+                received += len(c.data)
+                since_sync += len(c.data)
+                if since_sync >= SYNC_EVERY_BYTES:
+                    session.sync()
+                    since_sync = 0
+        finally:
+            session.sync()
+            self.engine.store.add_traffic(info.round, silo, "up", received)
+        if session.committed < info.size:
+            return pb.UploadReply(status=pb.UploadReply.INCOMPLETE,
+                                  committed_offset=session.committed,
+                                  message="stream ended before the object was complete")
+        self.engine.complete_upload(silo, info, session.finalize())
+        return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
+
+    @translated
+    def UploadStatus(self, request: pb.UploadStatusRequest,
+                     context: grpc.ServicerContext) -> pb.UploadStatusReply:
+        silo = self._silo(context)
+        self.engine.heartbeat(silo)
+        committed, complete = self.engine.uploads.committed(silo, request.transfer_id)
+        return pb.UploadStatusReply(committed_offset=committed, complete=complete,
+                                    accepted=False)
+
+    @translated
+    def ReportEval(self, request: pb.EvalReport, context: grpc.ServicerContext) -> pb.EvalAck:
+        silo = self._silo(context)
+        self.engine.report_eval(silo, request.version, request.loss, request.tokens)
+        return pb.EvalAck()
+
+    @translated
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
+        self.engine.leave(self._silo(context), request.reason[:200])
+        return pb.LeaveReply()
+
+
+def _header_info(h: pb.UploadHeader) -> UploadHeaderInfo:
+    def finite_or_none(x: float) -> float | None:
+        return None if math.isnan(x) else x
+
+    return UploadHeaderInfo(
+        transfer_id=h.transfer_id, round=h.round, base_version=h.base_version,
+        digest=h.digest, size=h.size, offset=h.offset, num_tokens=h.num_tokens,
+        train_loss=finite_or_none(h.train_loss), base_eval_loss=finite_or_none(h.base_eval_loss),
+        train_seconds=h.train_seconds, signature=h.signature,
+    )

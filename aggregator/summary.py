@@ -1,0 +1,89 @@
+"""`summary.json`: the run's record, rewritten atomically after every round.
+
+Contract (keys are only ever added): initial_eval_loss, final_eval_loss, checkpoint,
+rounds[] = {round, eval_loss, bytes_up, bytes_down, seconds, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from aggregator.globalmodel import GlobalModel
+from aggregator.store import Store
+from photon.federation import FederationSpec
+from photon.fsutil import atomic_write_bytes
+
+AGGREGATOR_EVAL = "aggregator"
+
+
+def eval_by_version(store: Store) -> dict[int, float]:
+    """Global eval loss per version: the operator's eval set if present, else the
+    token-weighted mean of the silos' held-out losses."""
+    own: dict[int, float] = {}
+    silo_sum: dict[int, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for version, source, loss, tokens in store.evals():
+        if source == AGGREGATOR_EVAL:
+            own[version] = loss
+        elif tokens > 0:
+            silo_sum[version][0] += loss * tokens
+            silo_sum[version][1] += tokens
+    merged = {v: s / t for v, (s, t) in silo_sum.items() if t > 0}
+    merged.update(own)
+    return merged
+
+
+def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dict[str, Any]:
+    evals = eval_by_version(store)
+    traffic: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+    for round_, silo, direction, nbytes in store.traffic():
+        traffic[round_][silo][direction] = nbytes
+    rows = []
+    for r in store.rounds():
+        if r.closed_at is None:
+            continue
+        updates = {u.silo_id: u for u in store.updates(r.round)}
+        silos = {
+            s: {
+                "train_loss": u.train_loss, "tokens": u.num_tokens,
+                "bytes_up": traffic[r.round][s].get("up", 0),
+                "bytes_down": traffic[r.round][s].get("down", 0),
+            }
+            for s, u in sorted(updates.items())
+        }
+        rows.append({
+            "round": r.round,
+            "version": r.round + 1,
+            "eval_loss": _num(evals.get(r.round + 1)),
+            "bytes_up": sum(d.get("up", 0) for d in traffic[r.round].values()),
+            "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
+            "seconds": round(r.closed_at - r.opened_at, 3),
+            "tokens": sum(u.num_tokens for u in updates.values()),
+            "silos": silos,
+        })
+    return {
+        "federation": spec.name,
+        "preset": spec.preset,
+        "model_params": model.num_params,
+        "codec": spec.codec,
+        "rounds_planned": spec.rounds,
+        "local_steps": spec.local_steps,
+        "version": model.version,
+        "done": model.version >= spec.rounds,
+        "initial_eval_loss": _num(evals.get(0)),
+        "final_eval_loss": _num(evals.get(model.version)),
+        "checkpoint": str(model.checkpoint_path),
+        "param_digest": model.digest(),
+        "rounds": rows,
+    }
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else round(x, 6)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    atomic_write_bytes(path, json.dumps(summary, indent=2).encode())

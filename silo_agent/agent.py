@@ -1,0 +1,199 @@
+"""The silo agent's main loop: join, ask for work, train or evaluate, upload, until done."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+
+import torch
+
+from bandwidth.codec import ErrorFeedback, write_object
+from bandwidth.ratelimit import TokenBucket, parse_rate
+from photon.data import TokenLoader, TokenShards, eval_batches
+from photon.errors import DataError
+from photon.evaluation import evaluate_loss
+from photon.federation import FederationSpec
+from photon.logs import get_logger
+from photon.model import LlamaModel, ModelConfig, build_model
+from photon.v1 import federation_pb2 as pb
+from silo_agent.client import AggregatorClient
+from silo_agent.config import SiloConfig
+from silo_agent.heartbeat import Heartbeat
+from silo_agent.state import SiloState
+from silo_agent.trainer import Trainer, TrainerConfig
+from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
+
+log = get_logger("silo_agent")
+
+
+def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
+    t = spec.training
+    return TrainerConfig(
+        lr=t.lr, min_lr_ratio=t.min_lr_ratio, warmup_steps=t.warmup_steps,
+        total_steps=spec.total_steps, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
+        batch_size=t.batch_size, seq_len=t.seq_len, grad_accum=t.grad_accum,
+        reset_optimizer=t.reset_optimizer, device=cfg.silo.device, seed=spec.seed,
+        threads=cfg.silo.threads or None,
+    )
+
+
+class SiloAgent:
+    def __init__(self, cfg: SiloConfig, stop: threading.Event | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.state = SiloState(cfg.silo.state_dir)
+        self.shards = TokenShards(cfg.silo.data_dir)
+        self.client = AggregatorClient(cfg)
+        self.up_limit = _bucket(cfg.transfer.max_upload_rate)
+        self.down_limit = _bucket(cfg.transfer.max_download_rate)
+        self.heartbeat = Heartbeat(self.client)
+
+    def run(self) -> int:
+        """Work until the federation is done (exit code 0) or `stop` is set."""
+        meta = self.shards.meta
+        reply = self.client.join(str(meta["tokenizer_digest"]), int(meta["train_tokens"]))
+        self.spec = FederationSpec.from_json(reply.federation_spec_json)
+        self.shards.check_tokenizer(self.spec.tokenizer_digest)
+        self.model_config = ModelConfig.from_dict(self.spec.model)
+        self.model: LlamaModel = build_model(self.model_config, seed=self.spec.seed)
+        self.tcfg = trainer_config(self.spec, self.cfg)
+        log.info("joined", silo=reply.silo_id, federation=self.spec.name,
+                 preset=self.spec.preset, codec=self.spec.codec, rounds=self.spec.rounds)
+        self.heartbeat.start(reply.heartbeat_interval_s)
+        try:
+            return self._loop()
+        finally:
+            self.heartbeat.stop()
+
+    def _loop(self) -> int:
+        while not self.stop.is_set():
+            task = self.client.get_task(self.state.held_version())
+            if task.kind == pb.Task.TRAIN:
+                self._train_round(task)
+            elif task.kind == pb.Task.EVAL:
+                self._final_eval(task)
+            elif task.kind == pb.Task.DONE:
+                log.info("federation_done", message=task.message)
+                self.client.leave("done")
+                return 0
+            else:
+                self.heartbeat.phase = "idle"
+                self.stop.wait(max(0.2, min(task.retry_after_s or 1.0, 5.0)))
+        self.client.leave("stopped")
+        return 0
+
+    # -- one round ----------------------------------------------------------------------------
+    def _train_round(self, task: pb.Task) -> None:
+        pending = self.state.pending
+        if pending is not None and pending.round == task.round:
+            self._upload(pending)
+            return
+        if pending is not None:
+            log.info("pending_dropped", round=pending.round, reason="its round has closed")
+            self.state.clear_pending()
+        params = self._global(task.base_version)
+        base_eval = self._evaluate(params)
+        self.heartbeat.set(round_=task.round, phase="train")
+        trainer = self._trainer(params)
+        started = time.monotonic()
+        stats = trainer.train(task.local_steps, task.global_step, on_step=self.heartbeat.progress)
+        log.info("local_training_done", round=task.round, steps=task.local_steps,
+                 train_loss=round(stats.mean_loss, 4), tokens=stats.tokens,
+                 tokens_per_s=round(stats.tokens_per_s, 1), base_eval_loss=round(base_eval, 4))
+        pending = self._commit(task, trainer, params, stats.tokens, stats.mean_loss, base_eval,
+                               time.monotonic() - started)
+        self._upload(pending)
+
+    def _trainer(self, params: Mapping[str, torch.Tensor]) -> Trainer:
+        self.model.load_state_dict(dict(params))
+        loader = TokenLoader(self.shards, split="train", batch_size=self.tcfg.batch_size,
+                             seq_len=self.tcfg.seq_len, seed=self.spec.seed)
+        trainer = Trainer(self.model, self.tcfg, loader)
+        if self.state.trainer_dir is not None:
+            trainer.load_state(self.state.trainer_dir)
+        if self.tcfg.reset_optimizer:
+            trainer.begin_round()
+        return trainer
+
+    def _commit(self, task: pb.Task, trainer: Trainer, params: Mapping[str, torch.Tensor],
+                tokens: int, train_loss: float, base_eval: float,
+                seconds: float) -> PendingUpdate:
+        """Encode the delta (with error feedback) and commit the round's local work."""
+        local = self.model.state_dict()
+        delta = {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
+        trainer_dir = self.state.new_trainer_dir(task.round)
+        feedback = ErrorFeedback()
+        if self.state.trainer_dir is not None:
+            feedback.load_from(self.state.trainer_dir)
+        compensated = feedback.compensate(delta)
+        path = self.state.pending_path(task.round)
+        info = write_object(path, compensated, self.spec.codec, block_size=self.spec.block_size)
+        feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
+        trainer.save_state(trainer_dir)
+        feedback.save_to(trainer_dir)
+        pending = PendingUpdate(
+            round=task.round, base_version=task.base_version,
+            transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
+            path=str(path), digest=info.digest, size=info.size, num_tokens=tokens,
+            train_loss=train_loss, base_eval_loss=base_eval, train_seconds=seconds,
+        )
+        self.state.commit_round(task.round, trainer_dir, pending)
+        return pending
+
+    def _upload(self, pending: PendingUpdate) -> None:
+        self.heartbeat.set(round_=pending.round, phase="upload")
+        outcome = upload(self.client, pending, chunk_bytes=self.cfg.transfer.chunk_bytes,
+                         limiter=self.up_limit)
+        log.info("upload_finished", round=pending.round, outcome=outcome.value,
+                 bytes=pending.size)
+        if outcome is UploadOutcome.REJECTED:
+            log.error("update_refused", round=pending.round,
+                      detail="the aggregator refused this update; this round is skipped")
+        self.state.clear_pending()
+
+    # -- global model and evaluation ------------------------------------------------------
+    def _global(self, version: int) -> dict[str, torch.Tensor]:
+        held = self.state.load_global()
+        if held is not None and held[0] == version:
+            return held[1]
+        self.heartbeat.set(phase="download")
+        base = held if held is not None and held[0] == version - 1 else None
+        params = download(self.client, version, self.state.root / "downloads", base=base,
+                          limiter=self.down_limit)
+        self.state.save_global(version, params)
+        log.info("global_downloaded", version=version, delta=base is not None)
+        return params
+
+    def _evaluate(self, params: Mapping[str, torch.Tensor]) -> float:
+        self.model.load_state_dict(dict(params))
+        loader = eval_batches(self.shards, seq_len=self.tcfg.seq_len,
+                              batch_size=self.tcfg.batch_size,
+                              max_batches=self.spec.eval_batches)
+        try:
+            return evaluate_loss(self.model, loader)[0]
+        except DataError as exc:
+            log.warning("eval_skipped", reason=str(exc))
+            return math.nan
+
+    def _final_eval(self, task: pb.Task) -> None:
+        params = self._global(task.base_version)
+        loss = self._evaluate(params)
+        tokens = self.spec.eval_batches * self.tcfg.batch_size * self.tcfg.seq_len
+        if math.isnan(loss):
+            loss, tokens = 0.0, 0
+        self.client.report_eval(task.base_version, loss, tokens)
+        log.info("final_eval", version=task.base_version, eval_loss=round(loss, 4))
+
+
+def _bucket(rate: str) -> TokenBucket | None:
+    value = parse_rate(rate)
+    return None if value is None else TokenBucket(value)
+
+
+def run_silo(cfg: SiloConfig, stop: threading.Event) -> int:
+    if cfg.silo.threads:
+        torch.set_num_threads(cfg.silo.threads)
+    return SiloAgent(cfg, stop).run()
+

@@ -1,0 +1,88 @@
+"""The silo agent's typed configuration, loaded from `silo.toml`.
+
+    [silo]      identity, aggregator address, data and state folders, certificates, compute
+    [retry]     back-off when the aggregator is unreachable (photon.retry.RetryPolicy)
+    [transfer]  chunk size and bandwidth caps
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from photon.configload import apply_env_overrides, from_mapping, read_toml
+from photon.errors import ConfigError
+from photon.retry import RetryPolicy
+
+
+@dataclass(kw_only=True, slots=True)
+class SiloSection:
+    """Who this silo is and where its things are."""
+
+    #: The silo's name: the common name of its certificate (certs_dir/silos/<name>.crt).
+    name: str
+    #: host:port of the aggregator.
+    aggregator: str = "localhost:50051"
+    #: Prepared token folder (`photon data prepare`); never leaves this machine.
+    data_dir: Path
+    #: Durable local state: cached global model, trainer state, pending update.
+    state_dir: Path = Path("silo-state")
+    #: Federation certificate folder holding ca.crt and silos/<name>.crt/.key.
+    certs_dir: Path | None = None
+    #: Plaintext gRPC; only for experiments on a trusted host; logs a warning.
+    insecure: bool = False
+    #: Torch CPU threads (0: torch's default).
+    threads: int = 0
+    #: "auto" (CUDA when present), "cpu" or "cuda".
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if ":" not in self.aggregator:
+            raise ConfigError(f"silo.aggregator = {self.aggregator!r} must be host:port")
+        if not self.insecure and self.certs_dir is None:
+            raise ConfigError("silo.certs_dir is required (from `photon certs init` or "
+                              "`photon certs request`), or set silo.insecure = true")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError("silo.device must be one of auto, cpu, cuda")
+        if self.threads < 0:
+            raise ConfigError("silo.threads must be >= 0")
+
+
+@dataclass(kw_only=True, slots=True)
+class TransferSection:
+    """How bytes move."""
+
+    #: Chunk size in bytes for uploads.
+    chunk_bytes: int = 2 * 1024 * 1024
+    #: Upload cap, e.g. "50MB/s", "100mbit" or "unlimited".
+    max_upload_rate: str = "unlimited"
+    #: Download cap, same syntax.
+    max_download_rate: str = "unlimited"
+    #: Per-RPC deadline for unary calls, seconds.
+    rpc_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
+            raise ConfigError("transfer.chunk_bytes must be within [65536, 8388608]")
+
+
+@dataclass(kw_only=True, slots=True)
+class SiloConfig:
+    silo: SiloSection
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    transfer: TransferSection = field(default_factory=TransferSection)
+
+
+def load_silo_config(path: Path, environ: dict[str, str] | None = None) -> SiloConfig:
+    data: dict[str, Any] = read_toml(path)
+    apply_env_overrides(data, environ)
+    if "silo" not in data:
+        raise ConfigError(f"{path}: missing the [silo] table (see `photon config example silo`)")
+    cfg = from_mapping(SiloConfig, data)
+    base = Path(path).parent
+    s = cfg.silo
+    s.data_dir, s.state_dir = base / s.data_dir, base / s.state_dir
+    if s.certs_dir is not None:
+        s.certs_dir = base / s.certs_dir
+    return cfg

@@ -1,0 +1,51 @@
+"""Liveness while the silo works: a background thread reporting phase, step and loss."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+
+from photon.logs import get_logger
+from silo_agent.client import AggregatorClient
+
+log = get_logger("silo_agent.heartbeat")
+
+
+class Heartbeat:
+    def __init__(self, client: AggregatorClient) -> None:
+        self.client = client
+        self.round = 0
+        self.step = 0
+        self.loss = 0.0
+        self.phase = "idle"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def set(self, *, round_: int | None = None, phase: str | None = None) -> None:
+        if round_ is not None:
+            self.round = round_
+        if phase is not None:
+            self.phase = phase
+
+    def progress(self, step: int, loss: float) -> None:
+        """Trainer callback after each inner step."""
+        self.step, self.loss = step, loss
+
+    def start(self, interval_s: float) -> None:
+        interval = max(0.5, interval_s)
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
+                                        name="heartbeat")
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                self.client.heartbeat(self.round, self.step, self.loss, self.phase)
+            except grpc.RpcError as exc:
+                log.debug("heartbeat_missed", code=exc.code().name)  # type: ignore[attr-defined]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,178 @@
+"""Moving objects between the silo and the aggregator: resumable chunked upload and download.
+
+Upload: ask UploadStatus for the committed offset, stream the header and the chunks from there;
+after a broken stream or a restart of either side, ask again and continue. At most the chunk in
+flight is sent twice. Download: stream into a `.partial` file; a broken stream resumes at its
+size; the digest is checked before anything is decoded.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import grpc
+import torch
+
+from bandwidth.chunking import PartialFile, iter_file_chunks
+from bandwidth.codec import decode_object
+from bandwidth.ratelimit import TokenBucket
+from photon.errors import ChunkIntegrityError, TransferError
+from photon.fsutil import atomic_write_bytes
+from photon.logs import get_logger
+from photon.v1 import federation_pb2 as pb
+from silo_agent.client import AggregatorClient, is_transient, status_of
+
+log = get_logger("silo_agent.transfers")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingUpdate:
+    """An encoded update on disk, waiting to be (or being) uploaded."""
+
+    round: int
+    base_version: int
+    transfer_id: str
+    path: str
+    digest: str
+    size: int
+    num_tokens: int
+    train_loss: float
+    base_eval_loss: float
+    train_seconds: float
+
+    def to_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class UploadOutcome(enum.Enum):
+    ACCEPTED = "accepted"
+    ROUND_CLOSED = "round_closed"
+    REJECTED = "rejected"
+
+
+class _Incomplete(Exception):
+    """The stream ended before the object was complete; resume from the committed offset."""
+
+
+def _retry_upload(exc: Exception) -> bool:
+    return isinstance(exc, _Incomplete) or is_transient(exc) or (
+        status_of(exc) == grpc.StatusCode.DATA_LOSS)
+
+
+def upload(client: AggregatorClient, pending: PendingUpdate, *, chunk_bytes: int,
+           limiter: TokenBucket | None = None) -> UploadOutcome:
+    """Upload `pending` until accepted; say so if the round closed or the update is refused."""
+    try:
+        client.retrier.call(lambda: _upload_once(client, pending, chunk_bytes, limiter),
+                            retryable=_retry_upload, what="Upload")
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            log.warning("upload_round_closed", round=pending.round, detail=details)
+            return UploadOutcome.ROUND_CLOSED
+        if code == grpc.StatusCode.INVALID_ARGUMENT and "already accepted" in (details or ""):
+            return UploadOutcome.ACCEPTED
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            log.error("upload_rejected", round=pending.round, detail=details)
+            return UploadOutcome.REJECTED
+        raise
+    return UploadOutcome.ACCEPTED
+
+
+def _upload_once(client: AggregatorClient, p: PendingUpdate, chunk_bytes: int,
+                 limiter: TokenBucket | None) -> None:
+    start = int(client.upload_status(p.transfer_id).committed_offset)
+    if start > p.size:
+        start = 0
+    if start:
+        log.info("upload_resuming", transfer_id=p.transfer_id, offset=start, size=p.size)
+    reply = client.stub.Upload(_upload_messages(p, start, chunk_bytes, limiter),
+                               metadata=client.metadata)
+    if reply.status != pb.UploadReply.ACCEPTED:
+        raise _Incomplete(f"committed {reply.committed_offset} of {p.size}")
+    log.info("upload_accepted", transfer_id=p.transfer_id, bytes_sent=p.size - start)
+
+
+def _upload_messages(p: PendingUpdate, start: int, chunk_bytes: int,
+                     limiter: TokenBucket | None) -> Iterator[pb.UploadChunk]:
+    yield pb.UploadChunk(header=pb.UploadHeader(
+        transfer_id=p.transfer_id, round=p.round, base_version=p.base_version, digest=p.digest,
+        size=p.size, offset=start, num_tokens=p.num_tokens, train_loss=p.train_loss,
+        base_eval_loss=p.base_eval_loss, train_seconds=p.train_seconds))
+    for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
+        if limiter is not None:
+            limiter.acquire(len(c.data))
+        yield pb.UploadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32))
+
+
+def download(client: AggregatorClient, version: int, dest: Path, *,
+             base: tuple[int, Mapping[str, torch.Tensor]] | None = None,
+             limiter: TokenBucket | None = None) -> dict[str, torch.Tensor]:
+    """Fetch global `version` (as a lossless delta from `base` when the aggregator has it)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    have = base[0] if base is not None else -1
+    path, header = client.retrier.call(
+        lambda: _download_once(client, version, have, dest, limiter),
+        retryable=lambda e: is_transient(e) or isinstance(e, TransferError), what="Download")
+    try:
+        with path.open("rb") as fh:
+            if header.encoding == "delta":
+                assert base is not None and header.base_version == base[0]
+                return decode_object(fh, base=base[1])
+            return decode_object(fh)
+    finally:
+        path.unlink(missing_ok=True)
+        (dest / "download.json").unlink(missing_ok=True)
+
+
+def _download_once(client: AggregatorClient, version: int, have: int, dest: Path,
+                   limiter: TokenBucket | None) -> tuple[Path, pb.ObjectHeader]:
+    known = _known_download(dest, version)
+    offset = known[1] if known else 0
+    stream = client.stub.Download(
+        pb.DownloadRequest(version=version, offset=offset, have_version=have),
+        metadata=client.metadata)
+    first = next(stream)
+    if first.WhichOneof("body") != "header":
+        raise ChunkIntegrityError("Download stream did not start with a header")
+    h = first.header
+    final = dest / f"v{version:06d}-{h.digest[:16]}.obj"
+    if known is None or known[0] != final:
+        if offset:  # the aggregator re-published another object: start over
+            _forget_download(dest)
+            raise TransferError("download object changed; restarting", offset=offset)
+        atomic_write_bytes(dest / "download.json",
+                           json.dumps({"version": version, "path": final.name}).encode())
+    part = PartialFile(final, size=h.size, digest=h.digest, transfer_id=final.name)
+    try:
+        for msg in stream:
+            c = msg.chunk
+            if limiter is not None:
+                limiter.acquire(len(c.data))
+            part.write_chunk(c.offset, c.data, c.crc32)
+    finally:
+        part.sync()
+    return Path(part.finalize()), h
+
+
+def _known_download(dest: Path, version: int) -> tuple[Path, int] | None:
+    try:
+        meta = json.loads((dest / "download.json").read_bytes())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    if meta.get("version") != version:
+        _forget_download(dest)
+        return None
+    final = dest / str(meta["path"])
+    partial = final.with_name(final.name + ".partial")
+    return final, partial.stat().st_size if partial.exists() else 0
+
+
+def _forget_download(dest: Path) -> None:
+    for f in dest.glob("*.obj*"):
+        f.unlink(missing_ok=True)
+    (dest / "download.json").unlink(missing_ok=True)
