@@ -1,0 +1,1 @@
+"""`photon local`: a complete federation on one machine (certificates, data, processes)."""
