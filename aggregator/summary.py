@@ -36,6 +36,13 @@ def eval_by_version(store: Store) -> dict[int, float]:
     return merged
 
 
+def ddp_equivalent_bytes(num_params: int, steps: int, workers: int) -> int:
+    """Bytes data-parallel training would move for the same inner steps: per step, every
+    worker sends its fp32 gradient and receives fp32 parameters (parameter-server accounting,
+    2 x 4 bytes x parameters; a ring all-reduce moves about the same)."""
+    return 2 * 4 * num_params * steps * workers
+
+
 def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dict[str, Any]:
     evals = eval_by_version(store)
     traffic: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
@@ -62,8 +69,13 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
             "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
             "seconds": round(r.closed_at - r.opened_at, 3),
             "tokens": sum(u.num_tokens for u in updates.values()),
+            "ddp_equivalent_bytes": ddp_equivalent_bytes(model.num_params, spec.local_steps,
+                                                         len(updates)),
             "silos": silos,
         })
+    up = sum(r["bytes_up"] for r in rows)
+    down = sum(r["bytes_down"] for r in rows)
+    ddp = sum(r["ddp_equivalent_bytes"] for r in rows)
     return {
         "federation": spec.name,
         "preset": spec.preset,
@@ -77,6 +89,10 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
         "final_eval_loss": _num(evals.get(model.version)),
         "checkpoint": str(model.checkpoint_path),
         "param_digest": model.digest(),
+        "bytes_up_total": up,
+        "bytes_down_total": down,
+        "ddp_equivalent_bytes_total": ddp,
+        "comm_reduction_vs_ddp": round(ddp / (up + down), 2) if up + down else None,
         "rounds": rows,
     }
 

@@ -42,4 +42,4 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: object = Non
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

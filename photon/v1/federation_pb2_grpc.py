@@ -74,6 +74,11 @@ class FederationStub:
                 request_serializer=photon_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=photon_dot_v1_dot_federation__pb2.LeaveReply.FromString,
                 _registered_method=True)
+        self.Status = channel.unary_unary(
+                '/photon.v1.Federation/Status',
+                request_serializer=photon_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=photon_dot_v1_dot_federation__pb2.StatusReply.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -135,6 +140,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Status(self, request, context):
+        """The federation's progress, for operators (`photon status`); any federation certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +189,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=photon_dot_v1_dot_federation__pb2.LeaveRequest.FromString,
                     response_serializer=photon_dot_v1_dot_federation__pb2.LeaveReply.SerializeToString,
+            ),
+            'Status': grpc.unary_unary_rpc_method_handler(
+                    servicer.Status,
+                    request_deserializer=photon_dot_v1_dot_federation__pb2.StatusRequest.FromString,
+                    response_serializer=photon_dot_v1_dot_federation__pb2.StatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +412,33 @@ class Federation:
             '/photon.v1.Federation/Leave',
             photon_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
             photon_dot_v1_dot_federation__pb2.LeaveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Status(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/photon.v1.Federation/Status',
+            photon_dot_v1_dot_federation__pb2.StatusRequest.SerializeToString,
+            photon_dot_v1_dot_federation__pb2.StatusReply.FromString,
             options,
             channel_credentials,
             insecure,
