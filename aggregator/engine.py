@@ -14,15 +14,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aggregator.config import AggregatorConfig
-from aggregator.globalmodel import GlobalModel
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.validate import validate_update
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.logs import get_logger
+
+if TYPE_CHECKING:
+    from aggregator.globalmodel import GlobalModel
 
 log = get_logger("aggregator.engine")
 
@@ -102,6 +104,7 @@ class RoundEngine:
             )
         with self._cond:
             self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
+            self._state.setdefault(silo, "joining")
             self._touch(silo)
             log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
             self._cond.notify_all()
@@ -350,9 +353,35 @@ class RoundEngine:
             self.uploads.clean_closed_rounds(before=self.model.version)
             log.info("round_closed", round=op.row.round, version=self.model.version,
                      updates=len(updates), aggregate_s=round(time.monotonic() - started, 3))
+            if self.model.version < self.spec.rounds:
+                self._open_round()
             self._cond.notify_all()
         if self._evaluate is not None:
             self._evaluate(self.model.version)
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> dict[str, object]:
+        """A snapshot for operators: round, silos and their liveness."""
+        with self._cond:
+            now = self.clock()
+            op = self._open
+            phase = ("done" if self.model.version >= self.spec.rounds else
+                     "aggregating" if self._aggregating else
+                     "training" if op is not None else "waiting for silos")
+            return {
+                "version": self.model.version,
+                "rounds_planned": self.spec.rounds,
+                "phase": phase,
+                "open_round": None if op is None else op.row.round,
+                "selected": [] if op is None else list(op.row.selected),
+                "reported": [] if op is None else sorted(op.reported),
+                "deadline_in_s": None if op is None else round(op.row.deadline_at - now, 1),
+                "silos": [
+                    {"silo": s, "state": st,
+                     "last_seen_s_ago": round(now - self._last_seen.get(s, now), 1)}
+                    for s, st in sorted(self._state.items())
+                ],
+            }
 
     # -- lifecycle ------------------------------------------------------------------------------
     def finished(self) -> bool:

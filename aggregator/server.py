@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -98,7 +99,7 @@ class AggregatorDaemon:
                              options=grpc_options(srv.chunk_bytes))
         servicer = FederationServicer(self.engine, chunk_bytes=srv.chunk_bytes,
                                       long_poll_s=self.cfg.rounds.long_poll_s,
-                                      insecure=srv.insecure)
+                                      insecure=srv.insecure, status=self.status)
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if srv.insecure:
@@ -135,6 +136,19 @@ class AggregatorDaemon:
                          checkpoint=str(self.model.checkpoint_path))
                 break
         self.shutdown()
+
+    def status(self) -> dict[str, Any]:
+        """Engine snapshot plus the run record's per-round figures and an ETA."""
+        summary = build_summary(self.store, self.model, self.cfg.federation)
+        status: dict[str, Any] = {"federation": self.cfg.federation.name, **self.engine.status()}
+        rounds = summary["rounds"]
+        status["last_eval_loss"] = summary["final_eval_loss"]
+        status["rounds"] = [{k: r[k] for k in ("round", "eval_loss", "bytes_up", "bytes_down",
+                                               "seconds")} for r in rounds]
+        remaining = self.cfg.federation.rounds - self.model.version
+        mean = sum(r["seconds"] for r in rounds) / len(rounds) if rounds else None
+        status["eta_s"] = None if mean is None else round(mean * remaining, 1)
+        return status
 
     def _evaluated(self) -> set[int]:
         return {v for v, src, _, _ in self.store.evals() if src == AGGREGATOR_EVAL}

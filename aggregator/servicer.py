@@ -7,6 +7,7 @@ a person can act on.
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
@@ -76,8 +77,9 @@ def translated(fn: F) -> F:
 
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(self, engine: RoundEngine, *, chunk_bytes: int, long_poll_s: float,
-                 insecure: bool) -> None:
+                 insecure: bool, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.engine = engine
+        self.status = status or engine.status
         self.chunk_bytes = chunk_bytes
         self.long_poll_s = long_poll_s
         self.insecure = insecure
@@ -199,6 +201,12 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
         self.engine.leave(self._silo(context), request.reason[:200])
         return pb.LeaveReply()
+
+
+    @translated
+    def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
+        self._silo(context)  # any federation certificate may look
+        return pb.StatusReply(status_json=json.dumps(self.status()).encode())
 
 
 def _header_info(h: pb.UploadHeader) -> UploadHeaderInfo:

@@ -79,7 +79,8 @@ class UploadSession:
 
     @property
     def committed(self) -> int:
-        return int(self.partial.committed)
+        """The next offset this transfer expects (bytes written; synced at stream end)."""
+        return int(self.partial.received)
 
     def write(self, generation: int, offset: int, data: bytes, crc32: int) -> bool:
         with self._lock:

@@ -18,6 +18,10 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("photon.cli.aggregator", "aggregator"),
     ("photon.cli.silo", "silo"),
     ("photon.cli.local", "local"),
+    ("photon.cli.status", "status"),
+    ("photon.cli.link", "link"),
+    ("photon.cli.report", "report"),
+    ("photon.cli.config", "config"),
 )
 
 
