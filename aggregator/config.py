@@ -41,6 +41,8 @@ class ServerConfig:
     max_workers: int = 32
     #: Checkpoints to keep on disk (older ones are pruned); 0 keeps all.
     keep_checkpoints: int = 0
+    #: Refuse updates whose digest is not signed with the sending silo's certificate key.
+    require_signatures: bool = True
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:

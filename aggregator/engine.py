@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from aggregator.audit import AuditLog
 from aggregator.config import AggregatorConfig
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.validate import validate_update
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.logs import get_logger
+from photon.signing import verify_digest
 
 if TYPE_CHECKING:
     from aggregator.globalmodel import GlobalModel
@@ -73,6 +75,7 @@ class RoundEngine:
         self._last_seen: dict[str, float] = {}
         self._state: dict[str, str] = {}
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
+        self.audit = AuditLog(Path(cfg.server.state_dir) / "audit.jsonl")
         self._recover()
 
     # -- recovery ---------------------------------------------------------------------------
@@ -215,12 +218,18 @@ class RoundEngine:
                 )
             return self.uploads.open(silo, info)
 
-    def complete_upload(self, silo: str, info: UploadHeaderInfo, path: Path) -> bool:
-        """Validate a fully received update and record it durably. True if newly accepted."""
+    def complete_upload(self, silo: str, info: UploadHeaderInfo, path: Path,
+                        peer_cert: bytes | None = None) -> bool:
+        """Verify signature and contents of a fully received update and record it durably.
+        True if newly accepted. A rejected update's bytes are deleted: it leaves no trace
+        but its line in the audit log."""
         try:
+            self._check_signature(silo, info, peer_cert)
             validate_update(path, self.model, self.spec)
-        except PhotonError:
+        except PhotonError as exc:
             self.uploads.discard(info.transfer_id, path)
+            self.audit.record(silo=silo, round=info.round, digest=info.digest,
+                              signature=info.signature, verdict="rejected", reason=str(exc))
             raise
         with self._cond:
             op = self._check_round(silo, info.round, allow_reported=True)
@@ -232,6 +241,8 @@ class RoundEngine:
             )
             new = self.store.add_update(row)
             if new:
+                self.audit.record(silo=silo, round=info.round, digest=info.digest,
+                                  signature=info.signature, verdict="accepted")
                 op.reported.add(silo)
                 if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
                     self.store.add_eval(info.base_version, silo, info.base_eval_loss,
@@ -241,6 +252,17 @@ class RoundEngine:
             self.uploads.finish(info.transfer_id)
             self._cond.notify_all()
             return new
+
+    def _check_signature(self, silo: str, info: UploadHeaderInfo,
+                         peer_cert: bytes | None) -> None:
+        if peer_cert is None:  # plaintext (--insecure): there is no identity to check against
+            return
+        if not self.cfg.server.require_signatures and not info.signature:
+            return
+        if not verify_digest(peer_cert, info.digest, info.round, info.signature):
+            raise UpdateRejected(
+                "the update's signature does not verify against the silo's certificate "
+                "(sign the digest with the certificate's key)", silo=silo, round=info.round)
 
     def _check_round(self, silo: str, round_: int, allow_reported: bool = False) -> _OpenRound:
         op = self._open

@@ -22,6 +22,7 @@ from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
 from photon.model import preset
+from photon.pki import RevocationList, revocation_path
 from photon.tls import TLSFiles, server_credentials
 from photon.tokenizer import load_tokenizer
 from photon.wire import grpc_options
@@ -99,7 +100,8 @@ class AggregatorDaemon:
                              options=grpc_options(srv.chunk_bytes))
         servicer = FederationServicer(self.engine, chunk_bytes=srv.chunk_bytes,
                                       long_poll_s=self.cfg.rounds.long_poll_s,
-                                      insecure=srv.insecure, status=self.status)
+                                      insecure=srv.insecure, status=self.status,
+                                      revocations=self._revocations())
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if srv.insecure:
@@ -149,6 +151,10 @@ class AggregatorDaemon:
         mean = sum(r["seconds"] for r in rounds) / len(rounds) if rounds else None
         status["eta_s"] = None if mean is None else round(mean * remaining, 1)
         return status
+
+    def _revocations(self) -> RevocationList | None:
+        certs = self.cfg.server.certs_dir
+        return None if certs is None else RevocationList(revocation_path(certs))
 
     def _evaluated(self) -> set[int]:
         return {v for v, src, _, _ in self.store.evals() if src == AGGREGATOR_EVAL}

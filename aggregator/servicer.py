@@ -19,7 +19,8 @@ from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
 from photon.logs import get_logger
-from photon.tls import peer_identity
+from photon.pki import RevocationList
+from photon.tls import peer_certificate_pem, peer_identity
 from photon.wire import INSECURE_IDENTITY_KEY
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
@@ -77,8 +78,10 @@ def translated(fn: F) -> F:
 
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(self, engine: RoundEngine, *, chunk_bytes: int, long_poll_s: float,
-                 insecure: bool, status: Callable[[], dict[str, Any]] | None = None) -> None:
+                 insecure: bool, status: Callable[[], dict[str, Any]] | None = None,
+                 revocations: RevocationList | None = None) -> None:
         self.engine = engine
+        self.revocations = revocations
         self.status = status or engine.status
         self.chunk_bytes = chunk_bytes
         self.long_poll_s = long_poll_s
@@ -92,6 +95,13 @@ class FederationServicer(pb_grpc.FederationServicer):
             context.abort(grpc.StatusCode.UNAUTHENTICATED,
                           "no client certificate identity; connect with a federation silo "
                           "certificate (photon certs issue silo NAME)")
+        pem = peer_certificate_pem(context)
+        if self.revocations is not None and pem is not None and (
+            self.revocations.is_revoked(pem) or self.revocations.is_revoked(str(silo))
+        ):
+            log.warning("revoked_certificate_refused", silo=silo)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                          f"the certificate of {silo!r} is revoked by the federation operator")
         return str(silo)
 
     @translated
@@ -179,7 +189,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             return pb.UploadReply(status=pb.UploadReply.INCOMPLETE,
                                   committed_offset=session.committed,
                                   message="stream ended before the object was complete")
-        self.engine.complete_upload(silo, info, session.finalize())
+        self.engine.complete_upload(silo, info, session.finalize(),
+                                    peer_certificate_pem(context))
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
 
     @translated

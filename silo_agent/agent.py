@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from bandwidth.codec import ErrorFeedback, write_object
 from bandwidth.ratelimit import TokenBucket, parse_rate
@@ -16,6 +17,8 @@ from photon.errors import DataError
 from photon.evaluation import evaluate_loss
 from photon.federation import FederationSpec
 from photon.logs import get_logger
+from photon.signing import sign_digest
+from photon.tls import TLSFiles
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
@@ -26,6 +29,7 @@ from silo_agent.trainer import Trainer, TrainerConfig
 from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
 
 log = get_logger("silo_agent")
+FEEDBACK_FILE = "error_feedback.safetensors"
 
 
 def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
@@ -124,23 +128,39 @@ class SiloAgent:
         local = self.model.state_dict()
         delta = {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
         trainer_dir = self.state.new_trainer_dir(task.round)
-        feedback = ErrorFeedback()
-        if self.state.trainer_dir is not None:
-            feedback.load_from(self.state.trainer_dir)
-        compensated = feedback.compensate(delta)
+        feedback = self._feedback()
+        compensated = feedback.compensate(delta) if feedback is not None else delta
         path = self.state.pending_path(task.round)
         info = write_object(path, compensated, self.spec.codec, block_size=self.spec.block_size)
-        feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
         trainer.save_state(trainer_dir)
-        feedback.save_to(trainer_dir)
+        if feedback is not None:
+            feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
+            save_file(feedback.state_dict(), str(trainer_dir / FEEDBACK_FILE))
         pending = PendingUpdate(
             round=task.round, base_version=task.base_version,
             transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
             path=str(path), digest=info.digest, size=info.size, num_tokens=tokens,
             train_loss=train_loss, base_eval_loss=base_eval, train_seconds=seconds,
+            signature=self._sign(info.digest, task.round),
         )
         self.state.commit_round(task.round, trainer_dir, pending)
         return pending
+
+    def _sign(self, digest: str, round_: int) -> str:
+        s = self.cfg.silo
+        if s.insecure or s.certs_dir is None:
+            return ""
+        return sign_digest(TLSFiles.for_silo(s.certs_dir, s.name).key, digest, round_).hex()
+
+    def _feedback(self) -> ErrorFeedback | None:
+        """Error feedback for lossy codecs, restored from the last committed round."""
+        if self.spec.codec == "fp32":
+            return None
+        feedback = ErrorFeedback()
+        previous = self.state.trainer_dir
+        if previous is not None and (previous / FEEDBACK_FILE).exists():
+            feedback.load_state_dict(load_file(str(previous / FEEDBACK_FILE)))
+        return feedback
 
     def _upload(self, pending: PendingUpdate) -> None:
         self.heartbeat.set(round_=pending.round, phase="upload")

@@ -43,6 +43,7 @@ class PendingUpdate:
     train_loss: float
     base_eval_loss: float
     train_seconds: float
+    signature: str = ""
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -102,7 +103,8 @@ def _upload_messages(p: PendingUpdate, start: int, chunk_bytes: int,
     yield pb.UploadChunk(header=pb.UploadHeader(
         transfer_id=p.transfer_id, round=p.round, base_version=p.base_version, digest=p.digest,
         size=p.size, offset=start, num_tokens=p.num_tokens, train_loss=p.train_loss,
-        base_eval_loss=p.base_eval_loss, train_seconds=p.train_seconds))
+        base_eval_loss=p.base_eval_loss, train_seconds=p.train_seconds,
+        signature=bytes.fromhex(p.signature)))
     for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
         if limiter is not None:
             limiter.acquire(len(c.data))

@@ -22,6 +22,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("photon.cli.link", "link"),
     ("photon.cli.report", "report"),
     ("photon.cli.config", "config"),
+    ("photon.cli.audit", "audit"),
 )
 
 

@@ -1,0 +1,76 @@
+"""The append-only audit trail of updates: who sent what, for which round, and the verdict.
+
+One JSON object per line in `audit.jsonl`, each carrying the SHA-256 of the previous line
+(`prev`), so deleting or editing a line breaks the chain and `photon audit --verify` says where.
+Lines are fsynced as they are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+GENESIS = "0" * 64
+
+
+class AuditLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._prev = GENESIS
+        for line in _lines(path):
+            self._prev = _hash(line)
+
+    def record(self, *, silo: str, round: int, digest: str, signature: bytes, verdict: str,
+               reason: str = "") -> None:
+        entry = {"time": round_time(), "silo": silo, "round": round, "digest": digest,
+                 "signature": signature.hex(), "verdict": verdict, "reason": reason}
+        with self._lock:
+            entry["prev"] = self._prev
+            line = json.dumps(entry, sort_keys=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (line + "\n").encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._prev = _hash(line)
+
+
+def round_time() -> float:
+    return round(time.time(), 3)
+
+
+def _hash(line: str) -> str:
+    return hashlib.sha256(line.encode()).hexdigest()
+
+
+def _lines(path: Path) -> Iterator[str]:
+    if not path.exists():
+        return
+    with path.open() as fh:
+        for line in fh:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def read_audit(path: Path) -> tuple[list[dict[str, Any]], int | None]:
+    """(entries, index of the first entry whose chain is broken, or None if intact)."""
+    entries: list[dict[str, Any]] = []
+    prev, broken = GENESIS, None
+    for i, line in enumerate(_lines(path)):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = {"verdict": "unreadable", "raw": line[:80]}
+        if broken is None and entry.get("prev") != prev:
+            broken = i
+        entries.append(entry)
+        prev = _hash(line)
+    return entries, broken
