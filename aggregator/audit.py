@@ -27,10 +27,25 @@ class AuditLog:
         for line in _lines(path):
             self._prev = _hash(line)
 
-    def record(self, *, silo: str, round: int, digest: str, signature: bytes, verdict: str,
-               reason: str = "") -> None:
-        entry = {"time": round_time(), "silo": silo, "round": round, "digest": digest,
-                 "signature": signature.hex(), "verdict": verdict, "reason": reason}
+    def record(
+        self,
+        *,
+        silo: str,
+        round: int,
+        digest: str,
+        signature: bytes,
+        verdict: str,
+        reason: str = "",
+    ) -> None:
+        entry = {
+            "time": round_time(),
+            "silo": silo,
+            "round": round,
+            "digest": digest,
+            "signature": signature.hex(),
+            "verdict": verdict,
+            "reason": reason,
+        }
         with self._lock:
             entry["prev"] = self._prev
             line = json.dumps(entry, sort_keys=True)

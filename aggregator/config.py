@@ -1,10 +1,10 @@
 """The aggregator's typed configuration, loaded from `aggregator.toml`.
 
-    [server]      where to listen, state directory, certificates
-    [rounds]      selection, quorum, deadlines, liveness
-    [outer]       the outer optimizer (see aggregator.strategies.OuterConfig)
-    [eval]        optional operator-held evaluation data
-    [federation]  the federation spec every silo receives (photon.federation.FederationSpec)
+[server]      where to listen, state directory, certificates
+[rounds]      selection, quorum, deadlines, liveness
+[outer]       the outer optimizer (see aggregator.strategies.OuterConfig)
+[eval]        optional operator-held evaluation data
+[federation]  the federation spec every silo receives (photon.federation.FederationSpec)
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:
-            raise ConfigError(f"server.listen = {self.listen!r} must be host:port (e.g. 0.0.0.0:50051)")
+            raise ConfigError(
+                f"server.listen = {self.listen!r} must be host:port (e.g. 0.0.0.0:50051)"
+            )
         if not self.insecure and self.certs_dir is None:
             raise ConfigError(
                 "server.certs_dir is required (make one with `photon certs init`), "

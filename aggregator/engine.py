@@ -7,6 +7,7 @@ one condition variable; long work (aggregating, evaluating, streaming bytes) run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -190,8 +191,9 @@ class RoundEngine:
     # -- evals ------------------------------------------------------------------------------
     def report_eval(self, silo: str, version: int, loss: float, tokens: int) -> None:
         if not math.isfinite(loss) or loss < 0:
-            raise UpdateRejected(f"eval loss {loss!r} is not a finite non-negative number",
-                                 silo=silo)
+            raise UpdateRejected(
+                f"eval loss {loss!r} is not a finite non-negative number", silo=silo
+            )
         with self._cond:
             self._touch(silo)
             if version > self.model.version:
@@ -209,17 +211,21 @@ class RoundEngine:
                 raise UpdateRejected(
                     f"update is based on version {info.base_version} but round {info.round} "
                     f"trains version {op.row.base_version}",
-                    silo=silo, round=info.round,
+                    silo=silo,
+                    round=info.round,
                 )
             if info.size > self.model.max_update_bytes:
                 raise UpdateRejected(
                     f"declared size {info.size} exceeds the bound {self.model.max_update_bytes} "
-                    "for this model", silo=silo, round=info.round,
+                    "for this model",
+                    silo=silo,
+                    round=info.round,
                 )
             return self.uploads.open(silo, info)
 
-    def complete_upload(self, silo: str, info: UploadHeaderInfo, path: Path,
-                        peer_cert: bytes | None = None) -> bool:
+    def complete_upload(
+        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+    ) -> bool:
         """Verify signature and contents of a fully received update and record it durably.
         True if newly accepted. A rejected update's bytes are deleted: it leaves no trace
         but its line in the audit log."""
@@ -228,33 +234,56 @@ class RoundEngine:
             validate_update(path, self.model, self.spec)
         except PhotonError as exc:
             self.uploads.discard(info.transfer_id, path)
-            self.audit.record(silo=silo, round=info.round, digest=info.digest,
-                              signature=info.signature, verdict="rejected", reason=str(exc))
+            self.audit.record(
+                silo=silo,
+                round=info.round,
+                digest=info.digest,
+                signature=info.signature,
+                verdict="rejected",
+                reason=str(exc),
+            )
             raise
         with self._cond:
             op = self._check_round(silo, info.round, allow_reported=True)
             row = UpdateRow(
-                round=info.round, silo_id=silo, digest=info.digest, path=str(path),
-                size=info.size, num_tokens=info.num_tokens, train_loss=info.train_loss,
-                base_eval_loss=info.base_eval_loss, train_seconds=info.train_seconds,
+                round=info.round,
+                silo_id=silo,
+                digest=info.digest,
+                path=str(path),
+                size=info.size,
+                num_tokens=info.num_tokens,
+                train_loss=info.train_loss,
+                base_eval_loss=info.base_eval_loss,
+                train_seconds=info.train_seconds,
                 accepted_at=self.clock(),
             )
             new = self.store.add_update(row)
             if new:
-                self.audit.record(silo=silo, round=info.round, digest=info.digest,
-                                  signature=info.signature, verdict="accepted")
+                self.audit.record(
+                    silo=silo,
+                    round=info.round,
+                    digest=info.digest,
+                    signature=info.signature,
+                    verdict="accepted",
+                )
                 op.reported.add(silo)
                 if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
-                    self.store.add_eval(info.base_version, silo, info.base_eval_loss,
-                                        info.num_tokens)
-                log.info("update_accepted", silo=silo, round=info.round, bytes=info.size,
-                         tokens=info.num_tokens, train_loss=info.train_loss)
+                    self.store.add_eval(
+                        info.base_version, silo, info.base_eval_loss, info.num_tokens
+                    )
+                log.info(
+                    "update_accepted",
+                    silo=silo,
+                    round=info.round,
+                    bytes=info.size,
+                    tokens=info.num_tokens,
+                    train_loss=info.train_loss,
+                )
             self.uploads.finish(info.transfer_id)
             self._cond.notify_all()
             return new
 
-    def _check_signature(self, silo: str, info: UploadHeaderInfo,
-                         peer_cert: bytes | None) -> None:
+    def _check_signature(self, silo: str, info: UploadHeaderInfo, peer_cert: bytes | None) -> None:
         if peer_cert is None:  # plaintext (--insecure): there is no identity to check against
             return
         if not self.cfg.server.require_signatures and not info.signature:
@@ -262,7 +291,10 @@ class RoundEngine:
         if not verify_digest(peer_cert, info.digest, info.round, info.signature):
             raise UpdateRejected(
                 "the update's signature does not verify against the silo's certificate "
-                "(sign the digest with the certificate's key)", silo=silo, round=info.round)
+                "(sign the digest with the certificate's key)",
+                silo=silo,
+                round=info.round,
+            )
 
     def _check_round(self, silo: str, round_: int, allow_reported: bool = False) -> _OpenRound:
         op = self._open
@@ -271,16 +303,21 @@ class RoundEngine:
             raise RoundClosed(
                 f"round {round_} is not open; the open round is {open_round} "
                 "(call GetTask for the current task)",
-                open_round=open_round, silo=silo, round=round_,
+                open_round=open_round,
+                silo=silo,
+                round=round_,
             )
         if silo not in op.row.selected:
-            raise NotAuthorized(f"silo {silo!r} was not selected for round {round_}",
-                                silo=silo, round=round_)
+            raise NotAuthorized(
+                f"silo {silo!r} was not selected for round {round_}", silo=silo, round=round_
+            )
         if silo in op.reported and not allow_reported:
             done = next(u for u in self.store.updates(round_) if u.silo_id == silo)
             raise UpdateRejected(
                 f"an update from {silo!r} for round {round_} was already accepted "
-                f"(digest {done.digest[:12]})", silo=silo, round=round_,
+                f"(digest {done.digest[:12]})",
+                silo=silo,
+                round=round_,
             )
         return op
 
@@ -311,9 +348,12 @@ class RoundEngine:
             if state == "online" and self._last_seen.get(silo, 0.0) < limit:
                 self._state[silo] = "lost"
                 self.store.set_silo_state(silo, "lost")
-                log.warning("silo_lost", silo=silo,
-                            timeout_s=self.cfg.rounds.heartbeat_timeout_s,
-                            policy="round continues without it; quorum decides")
+                log.warning(
+                    "silo_lost",
+                    silo=silo,
+                    timeout_s=self.cfg.rounds.heartbeat_timeout_s,
+                    policy="round continues without it; quorum decides",
+                )
                 self._cond.notify_all()
 
     def _open_round(self) -> None:
@@ -322,16 +362,26 @@ class RoundEngine:
             return
         round_ = self.model.version
         k = self.cfg.rounds.silos_per_round or len(online)
-        rng = random.Random(f"{self.spec.seed}:{round_}")
+        rng = random.Random(f"{self.spec.seed}:{round_}")  # noqa: S311 - sampling, not secrets
         selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
         now = self.clock()
-        row = RoundRow(round=round_, base_version=round_, selected=selected, opened_at=now,
-                       deadline_at=now + self.cfg.rounds.deadline_s, closed_at=None,
-                       outcome=None)
+        row = RoundRow(
+            round=round_,
+            base_version=round_,
+            selected=selected,
+            opened_at=now,
+            deadline_at=now + self.cfg.rounds.deadline_s,
+            closed_at=None,
+            outcome=None,
+        )
         self.store.open_round(row)
         self._open = _OpenRound(row=row)
-        log.info("round_opened", round=round_, selected=list(selected),
-                 deadline_s=self.cfg.rounds.deadline_s)
+        log.info(
+            "round_opened",
+            round=round_,
+            selected=list(selected),
+            deadline_s=self.cfg.rounds.deadline_s,
+        )
         self._cond.notify_all()
 
     def _should_close(self, op: _OpenRound) -> bool:
@@ -344,19 +394,25 @@ class RoundEngine:
         quorum = math.ceil(self.cfg.rounds.quorum * len(selected))
         pending_alive = [s for s in selected - reported if self._state.get(s) == "online"]
         if len(reported) >= quorum and not pending_alive:
-            log.warning("round_closing_without", round=op.row.round,
-                        missing=sorted(selected - reported), reason="lost")
+            log.warning(
+                "round_closing_without",
+                round=op.row.round,
+                missing=sorted(selected - reported),
+                reason="lost",
+            )
             return True
         if self.clock() >= op.row.deadline_at:
             if len(reported) >= quorum:
-                log.warning("round_deadline", round=op.row.round,
-                            missing=sorted(selected - reported))
+                log.warning(
+                    "round_deadline", round=op.row.round, missing=sorted(selected - reported)
+                )
                 return True
             new_deadline = self.clock() + self.cfg.rounds.deadline_s
             self.store.extend_deadline(op.row.round, new_deadline)
-            op.row = RoundRow(**{**_asdict(op.row), "deadline_at": new_deadline})
-            log.warning("round_deadline_extended", round=op.row.round, reported=len(reported),
-                        quorum=quorum)
+            op.row = dataclasses.replace(op.row, deadline_at=new_deadline)
+            log.warning(
+                "round_deadline_extended", round=op.row.round, reported=len(reported), quorum=quorum
+            )
         return False
 
     def _close(self, op: _OpenRound) -> None:
@@ -373,8 +429,13 @@ class RoundEngine:
             self._open = None
             self._aggregating = False
             self.uploads.clean_closed_rounds(before=self.model.version)
-            log.info("round_closed", round=op.row.round, version=self.model.version,
-                     updates=len(updates), aggregate_s=round(time.monotonic() - started, 3))
+            log.info(
+                "round_closed",
+                round=op.row.round,
+                version=self.model.version,
+                updates=len(updates),
+                aggregate_s=round(time.monotonic() - started, 3),
+            )
             if self.model.version < self.spec.rounds:
                 self._open_round()
             self._cond.notify_all()
@@ -387,9 +448,15 @@ class RoundEngine:
         with self._cond:
             now = self.clock()
             op = self._open
-            phase = ("done" if self.model.version >= self.spec.rounds else
-                     "aggregating" if self._aggregating else
-                     "training" if op is not None else "waiting for silos")
+            phase = (
+                "done"
+                if self.model.version >= self.spec.rounds
+                else "aggregating"
+                if self._aggregating
+                else "training"
+                if op is not None
+                else "waiting for silos"
+            )
             return {
                 "version": self.model.version,
                 "rounds_planned": self.spec.rounds,
@@ -399,8 +466,11 @@ class RoundEngine:
                 "reported": [] if op is None else sorted(op.reported),
                 "deadline_in_s": None if op is None else round(op.row.deadline_at - now, 1),
                 "silos": [
-                    {"silo": s, "state": st,
-                     "last_seen_s_ago": round(now - self._last_seen.get(s, now), 1)}
+                    {
+                        "silo": s,
+                        "state": st,
+                        "last_seen_s_ago": round(now - self._last_seen.get(s, now), 1),
+                    }
                     for s, st in sorted(self._state.items())
                 ],
             }
@@ -417,6 +487,3 @@ class RoundEngine:
         with self._cond:
             self._cond.notify_all()
 
-
-def _asdict(row: RoundRow) -> dict[str, object]:
-    return {f: getattr(row, f) for f in row.__slots__}  # type: ignore[attr-defined]

@@ -39,8 +39,14 @@ class Published:
 
 
 class GlobalModel:
-    def __init__(self, state_dir: Path, spec: FederationSpec, outer: OuterConfig,
-                 *, keep_checkpoints: int = 0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        spec: FederationSpec,
+        outer: OuterConfig,
+        *,
+        keep_checkpoints: int = 0,
+    ) -> None:
         self.spec = spec
         self.ckpt_dir = state_dir / "checkpoints"
         self.pub_dir = state_dir / "published"
@@ -107,8 +113,13 @@ class GlobalModel:
             "federation_digest": self.spec.digest(),
             "param_digest": param_digest(self.params),
         }
-        return save_checkpoint(self.ckpt_dir, version=self.version, params=self.params,
-                               outer_state=self.outer.state_tensors(), meta=meta)
+        return save_checkpoint(
+            self.ckpt_dir,
+            version=self.version,
+            params=self.params,
+            outer_state=self.outer.state_tensors(),
+            meta=meta,
+        )
 
     # -- downloads --------------------------------------------------------------------------
     def publish(self) -> None:
@@ -122,19 +133,27 @@ class GlobalModel:
             stale.path.unlink(missing_ok=True)
             stale.path.with_suffix(".json").unlink(missing_ok=True)
 
-    def _publish_one(self, version: int, base: int, params: dict[str, torch.Tensor],
-                     base_params: dict[str, torch.Tensor] | None) -> None:
+    def _publish_one(
+        self,
+        version: int,
+        base: int,
+        params: dict[str, torch.Tensor],
+        base_params: dict[str, torch.Tensor] | None,
+    ) -> None:
         name = f"v{version:06d}.full" if base < 0 else f"v{version:06d}.from{base:06d}"
         path = self.pub_dir / f"{name}.obj"
         if base_params is None:
             info = write_object(path, params, "fp32")
         else:
             info = write_object(path, params, "xor", base=base_params)
-        atomic_write_bytes(path.with_suffix(".json"),
-                           json.dumps({"digest": info.digest, "size": info.size}).encode())
+        atomic_write_bytes(
+            path.with_suffix(".json"),
+            json.dumps({"digest": info.digest, "size": info.size}).encode(),
+        )
         with self._lock:
-            self._published[(version, base)] = Published(path, info.digest, info.size,
-                                                         version, base)
+            self._published[(version, base)] = Published(
+                path, info.digest, info.size, version, base
+            )
 
     def download(self, version: int, have_version: int) -> Published | None:
         """The object to send for `version`: a delta when the silo holds version − 1."""

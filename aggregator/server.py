@@ -25,8 +25,8 @@ from photon.model import preset
 from photon.pki import RevocationList, revocation_path
 from photon.tls import TLSFiles, server_credentials
 from photon.tokenizer import load_tokenizer
-from photon.wire import grpc_options
 from photon.v1 import federation_pb2_grpc as pb_grpc
+from photon.wire import grpc_options
 
 log = get_logger("aggregator.server")
 
@@ -55,8 +55,9 @@ class AggregatorDaemon:
         self.store = Store(state_dir / "journal.sqlite")
         resolve_spec(cfg.federation)
         self._check_same_federation()
-        self.model = GlobalModel(state_dir, cfg.federation, cfg.outer,
-                                 keep_checkpoints=cfg.server.keep_checkpoints)
+        self.model = GlobalModel(
+            state_dir, cfg.federation, cfg.outer, keep_checkpoints=cfg.server.keep_checkpoints
+        )
         self.evaluator = self._make_evaluator()
         self.engine = RoundEngine(cfg, self.store, self.model, evaluate=self._evaluate)
         self.health = health.HealthServicer()
@@ -81,32 +82,45 @@ class AggregatorDaemon:
         if data_dir is None:
             return None
         t = self.cfg.federation.training
-        return Evaluator(data_dir, self.model.model_config, seq_len=t.seq_len,
-                         batch_size=t.batch_size, batches=self.cfg.eval.batches,
-                         tokenizer_digest=self.cfg.federation.tokenizer_digest)
+        return Evaluator(
+            data_dir,
+            self.model.model_config,
+            seq_len=t.seq_len,
+            batch_size=t.batch_size,
+            batches=self.cfg.eval.batches,
+            tokenizer_digest=self.cfg.federation.tokenizer_digest,
+        )
 
     def _evaluate(self, version: int) -> None:
         if self.evaluator is not None:
             loss, tokens = self.evaluator.loss(self.model.params)
             self.store.add_eval(version, AGGREGATOR_EVAL, loss, tokens)
             log.info("global_eval", version=version, eval_loss=round(loss, 4), tokens=tokens)
-        write_summary(self.summary_path, build_summary(self.store, self.model,
-                                                       self.cfg.federation))
+        write_summary(self.summary_path, build_summary(self.store, self.model, self.cfg.federation))
 
     # -- serving ----------------------------------------------------------------------------
     def start(self) -> int:
         srv = self.cfg.server
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=srv.max_workers),
-                             options=grpc_options(srv.chunk_bytes))
-        servicer = FederationServicer(self.engine, chunk_bytes=srv.chunk_bytes,
-                                      long_poll_s=self.cfg.rounds.long_poll_s,
-                                      insecure=srv.insecure, status=self.status,
-                                      revocations=self._revocations())
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=srv.max_workers),
+            options=grpc_options(srv.chunk_bytes),
+        )
+        servicer = FederationServicer(
+            self.engine,
+            chunk_bytes=srv.chunk_bytes,
+            long_poll_s=self.cfg.rounds.long_poll_s,
+            insecure=srv.insecure,
+            status=self.status,
+            revocations=self._revocations(),
+        )
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if srv.insecure:
-            log.warning("insecure_mode", detail="plaintext gRPC without client certificates; "
-                        "never use across a network you do not control")
+            log.warning(
+                "insecure_mode",
+                detail="plaintext gRPC without client certificates; "
+                "never use across a network you do not control",
+            )
             self.port = server.add_insecure_port(srv.listen)
         else:
             assert srv.certs_dir is not None
@@ -120,8 +134,13 @@ class AggregatorDaemon:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if srv.port_file is not None:
             atomic_write_bytes(srv.port_file, str(self.port).encode())
-        log.info("aggregator_listening", port=self.port, version=self.model.version,
-                 rounds=self.cfg.federation.rounds, tls=not srv.insecure)
+        log.info(
+            "aggregator_listening",
+            port=self.port,
+            version=self.model.version,
+            rounds=self.cfg.federation.rounds,
+            tls=not srv.insecure,
+        )
         return self.port
 
     def serve(self, stop: threading.Event, *, exit_when_done: bool = False) -> None:
@@ -129,13 +148,17 @@ class AggregatorDaemon:
         if self.evaluator is not None and self.model.version not in self._evaluated():
             self._evaluate(self.model.version)
         else:
-            write_summary(self.summary_path, build_summary(self.store, self.model,
-                                                           self.cfg.federation))
+            write_summary(
+                self.summary_path, build_summary(self.store, self.model, self.cfg.federation)
+            )
         while not stop.wait(0.25):
             self.engine.tick()
             if exit_when_done and self.engine.finished():
-                log.info("federation_done", version=self.model.version,
-                         checkpoint=str(self.model.checkpoint_path))
+                log.info(
+                    "federation_done",
+                    version=self.model.version,
+                    checkpoint=str(self.model.checkpoint_path),
+                )
                 break
         self.shutdown()
 
@@ -145,8 +168,10 @@ class AggregatorDaemon:
         status: dict[str, Any] = {"federation": self.cfg.federation.name, **self.engine.status()}
         rounds = summary["rounds"]
         status["last_eval_loss"] = summary["final_eval_loss"]
-        status["rounds"] = [{k: r[k] for k in ("round", "eval_loss", "bytes_up", "bytes_down",
-                                               "seconds")} for r in rounds]
+        status["rounds"] = [
+            {k: r[k] for k in ("round", "eval_loss", "bytes_up", "bytes_down", "seconds")}
+            for r in rounds
+        ]
         remaining = self.cfg.federation.rounds - self.model.version
         mean = sum(r["seconds"] for r in rounds) / len(rounds) if rounds else None
         status["eta_s"] = None if mean is None else round(mean * remaining, 1)
@@ -166,7 +191,6 @@ class AggregatorDaemon:
             self.engine.wake()
             self.server.stop(grace).wait()
             self.server = None
-        write_summary(self.summary_path, build_summary(self.store, self.model,
-                                                       self.cfg.federation))
+        write_summary(self.summary_path, build_summary(self.store, self.model, self.cfg.federation))
         self.store.close()
         log.info("aggregator_stopped", version=self.model.version)

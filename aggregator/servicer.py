@@ -21,9 +21,9 @@ from photon import errors
 from photon.logs import get_logger
 from photon.pki import RevocationList
 from photon.tls import peer_certificate_pem, peer_identity
-from photon.wire import INSECURE_IDENTITY_KEY
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
+from photon.wire import INSECURE_IDENTITY_KEY
 
 log = get_logger("aggregator.servicer")
 
@@ -52,11 +52,12 @@ def status_for(exc: errors.PhotonError) -> grpc.StatusCode:
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
     if isinstance(exc, errors.PhotonError):
         code = status_for(exc)
-        log.warning("rpc_refused", method=method, code=code.name, error=str(exc),
-                    **exc.context())
+        log.warning("rpc_refused", method=method, code=code.name, error=str(exc), **exc.context())
         context.abort(code, str(exc))
+        raise AssertionError("unreachable: abort raises")
     log.exception("rpc_failed", method=method)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}; see aggregator log")
+    raise AssertionError("unreachable: abort raises")
 
 
 def translated(fn: F) -> F:
@@ -68,7 +69,7 @@ def translated(fn: F) -> F:
             return fn(self, request, context)
         except grpc.RpcError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every error must become a status
+        except Exception as exc:
             if context.code() is not None:  # already aborted inside
                 raise
             _abort(context, exc, fn.__name__)
@@ -77,9 +78,16 @@ def translated(fn: F) -> F:
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, engine: RoundEngine, *, chunk_bytes: int, long_poll_s: float,
-                 insecure: bool, status: Callable[[], dict[str, Any]] | None = None,
-                 revocations: RevocationList | None = None) -> None:
+    def __init__(
+        self,
+        engine: RoundEngine,
+        *,
+        chunk_bytes: int,
+        long_poll_s: float,
+        insecure: bool,
+        status: Callable[[], dict[str, Any]] | None = None,
+        revocations: RevocationList | None = None,
+    ) -> None:
         self.engine = engine
         self.revocations = revocations
         self.status = status or engine.status
@@ -90,18 +98,24 @@ class FederationServicer(pb_grpc.FederationServicer):
     def _silo(self, context: grpc.ServicerContext) -> str:
         silo = peer_identity(context)
         if silo is None and self.insecure:
-            silo = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)  # type: ignore[arg-type]
+            silo = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)
         if not silo:
-            context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                          "no client certificate identity; connect with a federation silo "
-                          "certificate (photon certs issue silo NAME)")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no client certificate identity; connect with a federation silo "
+                "certificate (photon certs issue silo NAME)",
+            )
         pem = peer_certificate_pem(context)
-        if self.revocations is not None and pem is not None and (
-            self.revocations.is_revoked(pem) or self.revocations.is_revoked(str(silo))
+        if (
+            self.revocations is not None
+            and pem is not None
+            and (self.revocations.is_revoked(pem) or self.revocations.is_revoked(str(silo)))
         ):
             log.warning("revoked_certificate_refused", silo=silo)
-            context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                          f"the certificate of {silo!r} is revoked by the federation operator")
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {silo!r} is revoked by the federation operator",
+            )
         return str(silo)
 
     @translated
@@ -109,15 +123,21 @@ class FederationServicer(pb_grpc.FederationServicer):
         silo = self._silo(context)
         spec = self.engine.join(silo, request.num_train_tokens, request.tokenizer_digest)
         interval = max(1.0, self.engine.cfg.rounds.heartbeat_timeout_s / 4)
-        return pb.JoinReply(silo_id=silo, federation_spec_json=spec,
-                            heartbeat_interval_s=interval)
+        return pb.JoinReply(silo_id=silo, federation_spec_json=spec, heartbeat_interval_s=interval)
 
     @translated
-    def Heartbeat(self, request: pb.HeartbeatRequest,
-                  context: grpc.ServicerContext) -> pb.HeartbeatReply:
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatReply:
         silo = self._silo(context)
-        log.debug("heartbeat", silo=silo, round=request.round, step=request.step,
-                  loss=request.loss, phase=request.phase)
+        log.debug(
+            "heartbeat",
+            silo=silo,
+            round=request.round,
+            step=request.step,
+            loss=request.loss,
+            phase=request.phase,
+        )
         return pb.HeartbeatReply(open_round=self.engine.heartbeat(silo))
 
     @translated
@@ -126,15 +146,26 @@ class FederationServicer(pb_grpc.FederationServicer):
         remaining = context.time_remaining()
         wait = self.long_poll_s if remaining is None else min(self.long_poll_s, remaining - 1)
         d = self.engine.get_task(silo, wait)
-        kind = {"train": pb.Task.TRAIN, "eval": pb.Task.EVAL, "wait": pb.Task.WAIT,
-                "done": pb.Task.DONE}[d.kind]
-        return pb.Task(kind=kind, round=d.round, base_version=d.base_version,
-                       local_steps=d.local_steps, global_step=d.global_step,
-                       deadline_s=d.deadline_s, retry_after_s=d.retry_after_s,
-                       message=d.message)
+        kind = {
+            "train": pb.Task.TRAIN,
+            "eval": pb.Task.EVAL,
+            "wait": pb.Task.WAIT,
+            "done": pb.Task.DONE,
+        }[d.kind]
+        return pb.Task(
+            kind=kind,
+            round=d.round,
+            base_version=d.base_version,
+            local_steps=d.local_steps,
+            global_step=d.global_step,
+            deadline_s=d.deadline_s,
+            retry_after_s=d.retry_after_s,
+            message=d.message,
+        )
 
-    def Download(self, request: pb.DownloadRequest,
-                 context: grpc.ServicerContext) -> Iterator[pb.DownloadChunk]:
+    def Download(
+        self, request: pb.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DownloadChunk]:
         silo = self._silo(context)
         try:
             self.engine.heartbeat(silo)
@@ -142,27 +173,35 @@ class FederationServicer(pb_grpc.FederationServicer):
         except errors.PhotonError as exc:
             _abort(context, exc, "Download")
         if pub is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"version {request.version} is not available; the current version is "
-                          f"{self.engine.model.version} (call GetTask)")
+            _not_found(context, request.version, self.engine.model.version)
         if request.offset > pub.size:
-            context.abort(grpc.StatusCode.OUT_OF_RANGE,
-                          f"offset {request.offset} is past the object's size {pub.size}")
-        yield pb.DownloadChunk(header=pb.ObjectHeader(
-            digest=pub.digest, size=pub.size, encoding="full" if pub.base < 0 else "delta",
-            version=pub.version, base_version=pub.base))
+            context.abort(
+                grpc.StatusCode.OUT_OF_RANGE,
+                f"offset {request.offset} is past the object's size {pub.size}",
+            )
+        yield pb.DownloadChunk(
+            header=pb.ObjectHeader(
+                digest=pub.digest,
+                size=pub.size,
+                encoding="full" if pub.base < 0 else "delta",
+                version=pub.version,
+                base_version=pub.base,
+            )
+        )
         sent = 0
         try:
             for c in iter_file_chunks(pub.path, start=request.offset, chunk_size=self.chunk_bytes):
-                yield pb.DownloadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data),
-                                                      crc32=c.crc32))
+                yield pb.DownloadChunk(
+                    chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32)
+                )
                 sent += len(c.data)
         finally:
             self.engine.store.add_traffic(pub.version, silo, "down", sent)
 
     @translated
-    def Upload(self, request_iterator: Iterator[pb.UploadChunk],
-               context: grpc.ServicerContext) -> pb.UploadReply:
+    def Upload(
+        self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
+    ) -> pb.UploadReply:
         silo = self._silo(context)
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
@@ -186,21 +225,22 @@ class FederationServicer(pb_grpc.FederationServicer):
             session.sync()
             self.engine.store.add_traffic(info.round, silo, "up", received)
         if session.committed < info.size:
-            return pb.UploadReply(status=pb.UploadReply.INCOMPLETE,
-                                  committed_offset=session.committed,
-                                  message="stream ended before the object was complete")
-        self.engine.complete_upload(silo, info, session.finalize(),
-                                    peer_certificate_pem(context))
+            return pb.UploadReply(
+                status=pb.UploadReply.INCOMPLETE,
+                committed_offset=session.committed,
+                message="stream ended before the object was complete",
+            )
+        self.engine.complete_upload(silo, info, session.finalize(), peer_certificate_pem(context))
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
 
     @translated
-    def UploadStatus(self, request: pb.UploadStatusRequest,
-                     context: grpc.ServicerContext) -> pb.UploadStatusReply:
+    def UploadStatus(
+        self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
+    ) -> pb.UploadStatusReply:
         silo = self._silo(context)
         self.engine.heartbeat(silo)
         committed, complete = self.engine.uploads.committed(silo, request.transfer_id)
-        return pb.UploadStatusReply(committed_offset=committed, complete=complete,
-                                    accepted=False)
+        return pb.UploadStatusReply(committed_offset=committed, complete=complete, accepted=False)
 
     @translated
     def ReportEval(self, request: pb.EvalReport, context: grpc.ServicerContext) -> pb.EvalAck:
@@ -213,11 +253,18 @@ class FederationServicer(pb_grpc.FederationServicer):
         self.engine.leave(self._silo(context), request.reason[:200])
         return pb.LeaveReply()
 
-
     @translated
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
         self._silo(context)  # any federation certificate may look
         return pb.StatusReply(status_json=json.dumps(self.status()).encode())
+
+
+def _not_found(context: grpc.ServicerContext, version: int, current: int) -> NoReturn:
+    context.abort(
+        grpc.StatusCode.NOT_FOUND,
+        f"version {version} is not available; the current version is {current} (call GetTask)",
+    )
+    raise AssertionError("unreachable: abort raises")
 
 
 def _header_info(h: pb.UploadHeader) -> UploadHeaderInfo:
@@ -225,8 +272,15 @@ def _header_info(h: pb.UploadHeader) -> UploadHeaderInfo:
         return None if math.isnan(x) else x
 
     return UploadHeaderInfo(
-        transfer_id=h.transfer_id, round=h.round, base_version=h.base_version,
-        digest=h.digest, size=h.size, offset=h.offset, num_tokens=h.num_tokens,
-        train_loss=finite_or_none(h.train_loss), base_eval_loss=finite_or_none(h.base_eval_loss),
-        train_seconds=h.train_seconds, signature=h.signature,
+        transfer_id=h.transfer_id,
+        round=h.round,
+        base_version=h.base_version,
+        digest=h.digest,
+        size=h.size,
+        offset=h.offset,
+        num_tokens=h.num_tokens,
+        train_loss=finite_or_none(h.train_loss),
+        base_eval_loss=finite_or_none(h.base_eval_loss),
+        train_seconds=h.train_seconds,
+        signature=h.signature,
     )

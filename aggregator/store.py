@@ -137,8 +137,13 @@ class Store:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO rounds VALUES (?, ?, ?, ?, ?, NULL, NULL)",
-                (row.round, row.base_version, json.dumps(list(row.selected)), row.opened_at,
-                 row.deadline_at),
+                (
+                    row.round,
+                    row.base_version,
+                    json.dumps(list(row.selected)),
+                    row.opened_at,
+                    row.deadline_at,
+                ),
             )
 
     def extend_deadline(self, round_: int, deadline_at: float) -> None:
@@ -148,7 +153,8 @@ class Store:
     def close_round(self, round_: int, closed_at: float, outcome: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE rounds SET closed_at = ?, outcome = ? WHERE round = ? AND closed_at IS NULL",
+                "UPDATE rounds SET closed_at = ?, outcome = ? "
+                "WHERE round = ? AND closed_at IS NULL",
                 (closed_at, outcome, round_),
             )
 
@@ -165,8 +171,18 @@ class Store:
         with self._tx() as db:
             cur = db.execute(
                 "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row.round, row.silo_id, row.digest, row.path, row.size, row.num_tokens,
-                 row.train_loss, row.base_eval_loss, row.train_seconds, row.accepted_at),
+                (
+                    row.round,
+                    row.silo_id,
+                    row.digest,
+                    row.path,
+                    row.size,
+                    row.num_tokens,
+                    row.train_loss,
+                    row.base_eval_loss,
+                    row.train_seconds,
+                    row.accepted_at,
+                ),
             )
             return cur.rowcount == 1
 
@@ -181,8 +197,9 @@ class Store:
     # -- evals and traffic --------------------------------------------------------------------
     def add_eval(self, version: int, source: str, loss: float, tokens: int) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?)",
-                       (version, source, loss, tokens))
+            db.execute(
+                "INSERT OR REPLACE INTO evals VALUES (?, ?, ?, ?)", (version, source, loss, tokens)
+            )
 
     def evals(self) -> list[tuple[int, str, float, int]]:
         return self._query("SELECT * FROM evals ORDER BY version, source")  # type: ignore[return-value]

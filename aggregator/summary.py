@@ -48,31 +48,35 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
     traffic: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
     for round_, silo, direction, nbytes in store.traffic():
         traffic[round_][silo][direction] = nbytes
-    rows = []
+    rows: list[dict[str, Any]] = []
     for r in store.rounds():
         if r.closed_at is None:
             continue
         updates = {u.silo_id: u for u in store.updates(r.round)}
         silos = {
             s: {
-                "train_loss": u.train_loss, "tokens": u.num_tokens,
+                "train_loss": u.train_loss,
+                "tokens": u.num_tokens,
                 "bytes_up": traffic[r.round][s].get("up", 0),
                 "bytes_down": traffic[r.round][s].get("down", 0),
             }
             for s, u in sorted(updates.items())
         }
-        rows.append({
-            "round": r.round,
-            "version": r.round + 1,
-            "eval_loss": _num(evals.get(r.round + 1)),
-            "bytes_up": sum(d.get("up", 0) for d in traffic[r.round].values()),
-            "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
-            "seconds": round(r.closed_at - r.opened_at, 3),
-            "tokens": sum(u.num_tokens for u in updates.values()),
-            "ddp_equivalent_bytes": ddp_equivalent_bytes(model.num_params, spec.local_steps,
-                                                         len(updates)),
-            "silos": silos,
-        })
+        rows.append(
+            {
+                "round": r.round,
+                "version": r.round + 1,
+                "eval_loss": _num(evals.get(r.round + 1)),
+                "bytes_up": sum(d.get("up", 0) for d in traffic[r.round].values()),
+                "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
+                "seconds": round(r.closed_at - r.opened_at, 3),
+                "tokens": sum(u.num_tokens for u in updates.values()),
+                "ddp_equivalent_bytes": ddp_equivalent_bytes(
+                    model.num_params, spec.local_steps, len(updates)
+                ),
+                "silos": silos,
+            }
+        )
     up = sum(r["bytes_up"] for r in rows)
     down = sum(r["bytes_down"] for r in rows)
     ddp = sum(r["ddp_equivalent_bytes"] for r in rows)

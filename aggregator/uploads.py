@@ -66,8 +66,9 @@ class UploadSession:
         self.silo = silo
         self.info = info
         self.final = final
-        self.partial = PartialFile(final, size=info.size, digest=info.digest,
-                                   transfer_id=info.transfer_id)
+        self.partial = PartialFile(
+            final, size=info.size, digest=info.digest, transfer_id=info.transfer_id
+        )
         self._lock = threading.Lock()
         self._generation = 0
 
@@ -85,8 +86,11 @@ class UploadSession:
     def write(self, generation: int, offset: int, data: bytes, crc32: int) -> bool:
         with self._lock:
             if generation != self._generation:
-                raise ResumeMismatch("a newer stream for this transfer took over",
-                                     transfer_id=self.info.transfer_id, offset=offset)
+                raise ResumeMismatch(
+                    "a newer stream for this transfer took over",
+                    transfer_id=self.info.transfer_id,
+                    offset=offset,
+                )
             return bool(self.partial.write_chunk(offset, data, crc32))
 
     def sync(self) -> None:
@@ -115,7 +119,8 @@ class UploadRegistry:
         with self._lock:
             session = self._sessions.get(key)
             if session is not None and (session.info.digest, session.info.size) != (
-                info.digest, info.size
+                info.digest,
+                info.size,
             ):
                 raise ResumeMismatch(
                     "transfer id reused with a different digest or size; use a new transfer id",
@@ -130,7 +135,8 @@ class UploadRegistry:
             raise ResumeMismatch(
                 f"stream starts at offset {info.offset} but {session.committed} bytes are "
                 "committed; ask UploadStatus and resume from there",
-                transfer_id=info.transfer_id, offset=session.committed,
+                transfer_id=info.transfer_id,
+                offset=session.committed,
             )
         return session
 

@@ -40,8 +40,9 @@ def validate_update(path: Path, model: ModelShapes, spec: FederationSpec) -> flo
     return math.sqrt(sq)
 
 
-def _check_manifest(manifest: object, shapes: dict[str, tuple[int, ...]],
-                    spec: FederationSpec) -> None:
+def _check_manifest(
+    manifest: object, shapes: dict[str, tuple[int, ...]], spec: FederationSpec
+) -> None:
     codec = getattr(manifest, "codec", None)
     if codec != spec.codec:
         raise UpdateRejected(f"update uses codec {codec!r}; the federation uses {spec.codec!r}")
@@ -49,9 +50,11 @@ def _check_manifest(manifest: object, shapes: dict[str, tuple[int, ...]],
     if got.keys() != shapes.keys():
         missing = sorted(shapes.keys() - got.keys())[:3]
         extra = sorted(got.keys() - shapes.keys())[:3]
-        raise UpdateRejected(f"tensor names differ from the model: missing {missing}, "
-                             f"unexpected {extra}")
+        raise UpdateRejected(
+            f"tensor names differ from the model: missing {missing}, unexpected {extra}"
+        )
     for name, shape in shapes.items():
         if got[name] != shape:
-            raise UpdateRejected(f"tensor {name!r} has shape {list(got[name])}, "
-                                 f"expected {list(shape)}")
+            raise UpdateRejected(
+                f"tensor {name!r} has shape {list(got[name])}, expected {list(shape)}"
+            )

@@ -82,8 +82,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"{', '.join(sorted(fields))}"
         )
     kwargs = {
-        name: _convert(hints[name], value, _dotted(where, name))
-        for name, value in data.items()
+        name: _convert(hints[name], value, _dotted(where, name)) for name, value in data.items()
     }
     try:
         return cls(**kwargs)
@@ -149,9 +148,7 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is int and isinstance(value, bool):
         raise ConfigError(f"{key} must be an integer, got a boolean")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise ConfigError(
-            f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        )
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
 
 

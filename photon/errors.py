@@ -8,8 +8,8 @@
     │   ├── ChunkIntegrityError      a chunk's CRC, offset or the object's digest is wrong
     │   ├── ResumeMismatch           a resume does not match the transfer on the other side
     │   └── LinkTimeout              no progress on a link within the allowed time
-    ├── CodecError                   an encoded object cannot be decoded (truncated, corrupt, bad manifest)
-    ├── UpdateRejected               an update failed validation (manifest, size, finite, norm, round)
+    ├── CodecError                   an object cannot be encoded or decoded (corrupt, bad manifest)
+    ├── UpdateRejected               an update failed validation (manifest, finite, norm, round)
     ├── RoundClosed                  an update or task refers to a round that is no longer open
     └── NotAuthorized                a peer's identity is not allowed to do what it asked
 

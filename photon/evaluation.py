@@ -10,8 +10,9 @@ from photon.model import LlamaModel
 
 
 @torch.no_grad()
-def evaluate_loss(model: LlamaModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
-                  ) -> tuple[float, int]:
+def evaluate_loss(
+    model: LlamaModel, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[float, int]:
     """(mean loss per token, tokens evaluated); NaN when there were no batches."""
     was_training = model.training
     model.eval()

@@ -42,7 +42,9 @@ class TrainingSpec:
     reset_optimizer: bool = False
 
     def __post_init__(self) -> None:
-        _positive(self, ("lr", "batch_size", "seq_len", "grad_accum", "grad_clip"), "federation.training")
+        _positive(
+            self, ("lr", "batch_size", "seq_len", "grad_accum", "grad_clip"), "federation.training"
+        )
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError("federation.training.min_lr_ratio must be within [0, 1]")
         if self.warmup_steps < 0:

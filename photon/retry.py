@@ -52,8 +52,7 @@ class Retrier:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.Random)
 
-    def call(self, fn: Callable[[], T], *, retryable: Callable[[Exception], bool],
-             what: str) -> T:
+    def call(self, fn: Callable[[], T], *, retryable: Callable[[Exception], bool], what: str) -> T:
         """Call `fn` until it succeeds, a non-retryable error occurs, or the policy gives up."""
         started = self.clock()
         delays = self.policy.delays(self.rng)
@@ -68,12 +67,22 @@ class Retrier:
                 elapsed = self.clock() - started
                 limit = self.policy.give_up_after_s
                 if limit and elapsed >= limit:
-                    log.error("retry_gave_up", what=what, attempts=attempt,
-                              elapsed_s=round(elapsed, 1), error=_short(exc))
+                    log.error(
+                        "retry_gave_up",
+                        what=what,
+                        attempts=attempt,
+                        elapsed_s=round(elapsed, 1),
+                        error=_short(exc),
+                    )
                     raise
                 delay = next(delays)
-                log.warning("retrying", what=what, attempt=attempt, backoff_s=round(delay, 2),
-                            error=_short(exc))
+                log.warning(
+                    "retrying",
+                    what=what,
+                    attempt=attempt,
+                    backoff_s=round(delay, 2),
+                    error=_short(exc),
+                )
                 self.sleep(delay)
 
 

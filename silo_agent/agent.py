@@ -8,18 +8,18 @@ import time
 from collections.abc import Mapping
 
 import torch
+from photon.data import TokenLoader, TokenShards, eval_batches
 from safetensors.torch import load_file, save_file
 
 from bandwidth.codec import ErrorFeedback, write_object
 from bandwidth.ratelimit import TokenBucket, parse_rate
-from photon.data import TokenLoader, TokenShards, eval_batches
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
 from photon.federation import FederationSpec
 from photon.logs import get_logger
+from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
-from photon.model import LlamaModel, ModelConfig, build_model
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
@@ -35,10 +35,18 @@ FEEDBACK_FILE = "error_feedback.safetensors"
 def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
     t = spec.training
     return TrainerConfig(
-        lr=t.lr, min_lr_ratio=t.min_lr_ratio, warmup_steps=t.warmup_steps,
-        total_steps=spec.total_steps, weight_decay=t.weight_decay, grad_clip=t.grad_clip,
-        batch_size=t.batch_size, seq_len=t.seq_len, grad_accum=t.grad_accum,
-        reset_optimizer=t.reset_optimizer, device=cfg.silo.device, seed=spec.seed,
+        lr=t.lr,
+        min_lr_ratio=t.min_lr_ratio,
+        warmup_steps=t.warmup_steps,
+        total_steps=spec.total_steps,
+        weight_decay=t.weight_decay,
+        grad_clip=t.grad_clip,
+        batch_size=t.batch_size,
+        seq_len=t.seq_len,
+        grad_accum=t.grad_accum,
+        reset_optimizer=t.reset_optimizer,
+        device=cfg.silo.device,
+        seed=spec.seed,
         threads=cfg.silo.threads or None,
     )
 
@@ -63,8 +71,14 @@ class SiloAgent:
         self.model_config = ModelConfig.from_dict(self.spec.model)
         self.model: LlamaModel = build_model(self.model_config, seed=self.spec.seed)
         self.tcfg = trainer_config(self.spec, self.cfg)
-        log.info("joined", silo=reply.silo_id, federation=self.spec.name,
-                 preset=self.spec.preset, codec=self.spec.codec, rounds=self.spec.rounds)
+        log.info(
+            "joined",
+            silo=reply.silo_id,
+            federation=self.spec.name,
+            preset=self.spec.preset,
+            codec=self.spec.codec,
+            rounds=self.spec.rounds,
+        )
         self.heartbeat.start(reply.heartbeat_interval_s)
         try:
             return self._loop()
@@ -103,17 +117,35 @@ class SiloAgent:
         trainer = self._trainer(params)
         started = time.monotonic()
         stats = trainer.train(task.local_steps, task.global_step, on_step=self.heartbeat.progress)
-        log.info("local_training_done", round=task.round, steps=task.local_steps,
-                 train_loss=round(stats.mean_loss, 4), tokens=stats.tokens,
-                 tokens_per_s=round(stats.tokens_per_s, 1), base_eval_loss=round(base_eval, 4))
-        pending = self._commit(task, trainer, params, stats.tokens, stats.mean_loss, base_eval,
-                               time.monotonic() - started)
+        log.info(
+            "local_training_done",
+            round=task.round,
+            steps=task.local_steps,
+            train_loss=round(stats.mean_loss, 4),
+            tokens=stats.tokens,
+            tokens_per_s=round(stats.tokens_per_s, 1),
+            base_eval_loss=round(base_eval, 4),
+        )
+        pending = self._commit(
+            task,
+            trainer,
+            params,
+            stats.tokens,
+            stats.mean_loss,
+            base_eval,
+            time.monotonic() - started,
+        )
         self._upload(pending)
 
     def _trainer(self, params: Mapping[str, torch.Tensor]) -> Trainer:
         self.model.load_state_dict(dict(params))
-        loader = TokenLoader(self.shards, split="train", batch_size=self.tcfg.batch_size,
-                             seq_len=self.tcfg.seq_len, seed=self.spec.seed)
+        loader = TokenLoader(
+            self.shards,
+            split="train",
+            batch_size=self.tcfg.batch_size,
+            seq_len=self.tcfg.seq_len,
+            seed=self.spec.seed,
+        )
         trainer = Trainer(self.model, self.tcfg, loader)
         if self.state.trainer_dir is not None:
             trainer.load_state(self.state.trainer_dir)
@@ -121,9 +153,16 @@ class SiloAgent:
             trainer.begin_round()
         return trainer
 
-    def _commit(self, task: pb.Task, trainer: Trainer, params: Mapping[str, torch.Tensor],
-                tokens: int, train_loss: float, base_eval: float,
-                seconds: float) -> PendingUpdate:
+    def _commit(
+        self,
+        task: pb.Task,
+        trainer: Trainer,
+        params: Mapping[str, torch.Tensor],
+        tokens: int,
+        train_loss: float,
+        base_eval: float,
+        seconds: float,
+    ) -> PendingUpdate:
         """Encode the delta (with error feedback) and commit the round's local work."""
         local = self.model.state_dict()
         delta = {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
@@ -137,10 +176,16 @@ class SiloAgent:
             feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
             save_file(feedback.state_dict(), str(trainer_dir / FEEDBACK_FILE))
         pending = PendingUpdate(
-            round=task.round, base_version=task.base_version,
+            round=task.round,
+            base_version=task.base_version,
             transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
-            path=str(path), digest=info.digest, size=info.size, num_tokens=tokens,
-            train_loss=train_loss, base_eval_loss=base_eval, train_seconds=seconds,
+            path=str(path),
+            digest=info.digest,
+            size=info.size,
+            num_tokens=tokens,
+            train_loss=train_loss,
+            base_eval_loss=base_eval,
+            train_seconds=seconds,
             signature=self._sign(info.digest, task.round),
         )
         self.state.commit_round(task.round, trainer_dir, pending)
@@ -164,13 +209,16 @@ class SiloAgent:
 
     def _upload(self, pending: PendingUpdate) -> None:
         self.heartbeat.set(round_=pending.round, phase="upload")
-        outcome = upload(self.client, pending, chunk_bytes=self.cfg.transfer.chunk_bytes,
-                         limiter=self.up_limit)
-        log.info("upload_finished", round=pending.round, outcome=outcome.value,
-                 bytes=pending.size)
+        outcome = upload(
+            self.client, pending, chunk_bytes=self.cfg.transfer.chunk_bytes, limiter=self.up_limit
+        )
+        log.info("upload_finished", round=pending.round, outcome=outcome.value, bytes=pending.size)
         if outcome is UploadOutcome.REJECTED:
-            log.error("update_refused", round=pending.round,
-                      detail="the aggregator refused this update; this round is skipped")
+            log.error(
+                "update_refused",
+                round=pending.round,
+                detail="the aggregator refused this update; this round is skipped",
+            )
         self.state.clear_pending()
 
     # -- global model and evaluation ------------------------------------------------------
@@ -180,17 +228,21 @@ class SiloAgent:
             return held[1]
         self.heartbeat.set(phase="download")
         base = held if held is not None and held[0] == version - 1 else None
-        params = download(self.client, version, self.state.root / "downloads", base=base,
-                          limiter=self.down_limit)
+        params = download(
+            self.client, version, self.state.root / "downloads", base=base, limiter=self.down_limit
+        )
         self.state.save_global(version, params)
         log.info("global_downloaded", version=version, delta=base is not None)
         return params
 
     def _evaluate(self, params: Mapping[str, torch.Tensor]) -> float:
         self.model.load_state_dict(dict(params))
-        loader = eval_batches(self.shards, seq_len=self.tcfg.seq_len,
-                              batch_size=self.tcfg.batch_size,
-                              max_batches=self.spec.eval_batches)
+        loader = eval_batches(
+            self.shards,
+            seq_len=self.tcfg.seq_len,
+            batch_size=self.tcfg.batch_size,
+            max_batches=self.spec.eval_batches,
+        )
         try:
             return evaluate_loss(self.model, loader)[0]
         except DataError as exc:
@@ -216,4 +268,3 @@ def run_silo(cfg: SiloConfig, stop: threading.Event) -> int:
     if cfg.silo.threads:
         torch.set_num_threads(cfg.silo.threads)
     return SiloAgent(cfg, stop).run()
-

@@ -23,22 +23,24 @@ from silo_agent.config import SiloConfig
 log = get_logger("silo_agent.client")
 T = TypeVar("T")
 
-TRANSIENT = frozenset({
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
-})
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+    }
+)
 
 
 def is_transient(exc: Exception) -> bool:
-    return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT  # type: ignore[attr-defined]
+    return isinstance(exc, grpc.RpcError) and exc.code() in TRANSIENT
 
 
 def status_of(exc: Exception) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.RpcError) else None  # type: ignore[attr-defined]
+    return exc.code() if isinstance(exc, grpc.RpcError) else None
 
 
 class AggregatorClient:
@@ -68,15 +70,23 @@ class AggregatorClient:
     def join(self, tokenizer_digest: str, num_train_tokens: int) -> pb.JoinReply:
         from photon import __version__
 
-        req = pb.JoinRequest(agent_version=__version__, tokenizer_digest=tokenizer_digest,
-                             num_train_tokens=num_train_tokens)
-        return self.retry(lambda: self.stub.Join(req, timeout=self.timeout,
-                                                 metadata=self.metadata), "Join")
+        req = pb.JoinRequest(
+            agent_version=__version__,
+            tokenizer_digest=tokenizer_digest,
+            num_train_tokens=num_train_tokens,
+        )
+        return self.retry(
+            lambda: self.stub.Join(req, timeout=self.timeout, metadata=self.metadata), "Join"
+        )
 
     def get_task(self, held_version: int, long_poll_s: float = 15.0) -> pb.Task:
         req = pb.GetTaskRequest(held_version=held_version)
-        return self.retry(lambda: self.stub.GetTask(req, timeout=long_poll_s + self.timeout,
-                                                    metadata=self.metadata), "GetTask")
+        return self.retry(
+            lambda: self.stub.GetTask(
+                req, timeout=long_poll_s + self.timeout, metadata=self.metadata
+            ),
+            "GetTask",
+        )
 
     def heartbeat(self, round_: int, step: int, loss: float, phase: str) -> pb.HeartbeatReply:
         """One attempt, no retry: a missed heartbeat is not worth waiting for."""
@@ -85,17 +95,22 @@ class AggregatorClient:
 
     def report_eval(self, version: int, loss: float, tokens: int) -> None:
         req = pb.EvalReport(version=version, loss=loss, tokens=tokens)
-        self.retry(lambda: self.stub.ReportEval(req, timeout=self.timeout,
-                                                metadata=self.metadata), "ReportEval")
+        self.retry(
+            lambda: self.stub.ReportEval(req, timeout=self.timeout, metadata=self.metadata),
+            "ReportEval",
+        )
 
     def upload_status(self, transfer_id: str) -> pb.UploadStatusReply:
         req = pb.UploadStatusRequest(transfer_id=transfer_id)
-        return self.retry(lambda: self.stub.UploadStatus(req, timeout=self.timeout,
-                                                         metadata=self.metadata), "UploadStatus")
+        return self.retry(
+            lambda: self.stub.UploadStatus(req, timeout=self.timeout, metadata=self.metadata),
+            "UploadStatus",
+        )
 
     def leave(self, reason: str) -> None:
         try:
-            self.stub.Leave(pb.LeaveRequest(reason=reason), timeout=self.timeout,
-                            metadata=self.metadata)
+            self.stub.Leave(
+                pb.LeaveRequest(reason=reason), timeout=self.timeout, metadata=self.metadata
+            )
         except grpc.RpcError as exc:
             log.warning("leave_failed", error=str(exc.code()))

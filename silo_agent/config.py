@@ -1,8 +1,8 @@
 """The silo agent's typed configuration, loaded from `silo.toml`.
 
-    [silo]      identity, aggregator address, data and state folders, certificates, compute
-    [retry]     back-off when the aggregator is unreachable (photon.retry.RetryPolicy)
-    [transfer]  chunk size and bandwidth caps
+[silo]      identity, aggregator address, data and state folders, certificates, compute
+[retry]     back-off when the aggregator is unreachable (photon.retry.RetryPolicy)
+[transfer]  chunk size and bandwidth caps
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ class SiloSection:
         if ":" not in self.aggregator:
             raise ConfigError(f"silo.aggregator = {self.aggregator!r} must be host:port")
         if not self.insecure and self.certs_dir is None:
-            raise ConfigError("silo.certs_dir is required (from `photon certs init` or "
-                              "`photon certs request`), or set silo.insecure = true")
+            raise ConfigError(
+                "silo.certs_dir is required (from `photon certs init` or "
+                "`photon certs request`), or set silo.insecure = true"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError("silo.device must be one of auto, cpu, cuda")
         if self.threads < 0:

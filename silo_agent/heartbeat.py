@@ -34,8 +34,9 @@ class Heartbeat:
 
     def start(self, interval_s: float) -> None:
         interval = max(0.5, interval_s)
-        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True,
-                                        name="heartbeat")
+        self._thread = threading.Thread(
+            target=self._run, args=(interval,), daemon=True, name="heartbeat"
+        )
         self._thread.start()
 
     def _run(self, interval: float) -> None:
@@ -43,7 +44,7 @@ class Heartbeat:
             try:
                 self.client.heartbeat(self.round, self.step, self.loss, self.phase)
             except grpc.RpcError as exc:
-                log.debug("heartbeat_missed", code=exc.code().name)  # type: ignore[attr-defined]
+                log.debug("heartbeat_missed", code=exc.code().name)
 
     def stop(self) -> None:
         self._stop.set()

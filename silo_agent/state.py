@@ -42,12 +42,14 @@ class SiloState:
         try:
             return dict(json.loads(path.read_bytes()))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path} is corrupt ({exc}); move the state folder aside to "
-                            "start this silo afresh") from exc
+            raise DataError(
+                f"{path} is corrupt ({exc}); move the state folder aside to start this silo afresh"
+            ) from exc
 
     def _write_record(self) -> None:
-        atomic_write_bytes(self.root / "state.json",
-                           json.dumps(self._record, indent=1, sort_keys=True).encode())
+        atomic_write_bytes(
+            self.root / "state.json", json.dumps(self._record, indent=1, sort_keys=True).encode()
+        )
 
     # -- the global model -------------------------------------------------------------------
     def held_version(self) -> int:

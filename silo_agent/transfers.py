@@ -60,18 +60,29 @@ class _Incomplete(Exception):
 
 
 def _retry_upload(exc: Exception) -> bool:
-    return isinstance(exc, _Incomplete) or is_transient(exc) or (
-        status_of(exc) == grpc.StatusCode.DATA_LOSS)
+    return (
+        isinstance(exc, _Incomplete)
+        or is_transient(exc)
+        or (status_of(exc) == grpc.StatusCode.DATA_LOSS)
+    )
 
 
-def upload(client: AggregatorClient, pending: PendingUpdate, *, chunk_bytes: int,
-           limiter: TokenBucket | None = None) -> UploadOutcome:
+def upload(
+    client: AggregatorClient,
+    pending: PendingUpdate,
+    *,
+    chunk_bytes: int,
+    limiter: TokenBucket | None = None,
+) -> UploadOutcome:
     """Upload `pending` until accepted; say so if the round closed or the update is refused."""
     try:
-        client.retrier.call(lambda: _upload_once(client, pending, chunk_bytes, limiter),
-                            retryable=_retry_upload, what="Upload")
+        client.retrier.call(
+            lambda: _upload_once(client, pending, chunk_bytes, limiter),
+            retryable=_retry_upload,
+            what="Upload",
+        )
     except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        code, details = exc.code(), exc.details()
         if code == grpc.StatusCode.FAILED_PRECONDITION:
             log.warning("upload_round_closed", round=pending.round, detail=details)
             return UploadOutcome.ROUND_CLOSED
@@ -84,42 +95,62 @@ def upload(client: AggregatorClient, pending: PendingUpdate, *, chunk_bytes: int
     return UploadOutcome.ACCEPTED
 
 
-def _upload_once(client: AggregatorClient, p: PendingUpdate, chunk_bytes: int,
-                 limiter: TokenBucket | None) -> None:
+def _upload_once(
+    client: AggregatorClient, p: PendingUpdate, chunk_bytes: int, limiter: TokenBucket | None
+) -> None:
     start = int(client.upload_status(p.transfer_id).committed_offset)
     if start > p.size:
         start = 0
     if start:
         log.info("upload_resuming", transfer_id=p.transfer_id, offset=start, size=p.size)
-    reply = client.stub.Upload(_upload_messages(p, start, chunk_bytes, limiter),
-                               metadata=client.metadata)
+    reply = client.stub.Upload(
+        _upload_messages(p, start, chunk_bytes, limiter), metadata=client.metadata
+    )
     if reply.status != pb.UploadReply.ACCEPTED:
         raise _Incomplete(f"committed {reply.committed_offset} of {p.size}")
     log.info("upload_accepted", transfer_id=p.transfer_id, bytes_sent=p.size - start)
 
 
-def _upload_messages(p: PendingUpdate, start: int, chunk_bytes: int,
-                     limiter: TokenBucket | None) -> Iterator[pb.UploadChunk]:
-    yield pb.UploadChunk(header=pb.UploadHeader(
-        transfer_id=p.transfer_id, round=p.round, base_version=p.base_version, digest=p.digest,
-        size=p.size, offset=start, num_tokens=p.num_tokens, train_loss=p.train_loss,
-        base_eval_loss=p.base_eval_loss, train_seconds=p.train_seconds,
-        signature=bytes.fromhex(p.signature)))
+def _upload_messages(
+    p: PendingUpdate, start: int, chunk_bytes: int, limiter: TokenBucket | None
+) -> Iterator[pb.UploadChunk]:
+    yield pb.UploadChunk(
+        header=pb.UploadHeader(
+            transfer_id=p.transfer_id,
+            round=p.round,
+            base_version=p.base_version,
+            digest=p.digest,
+            size=p.size,
+            offset=start,
+            num_tokens=p.num_tokens,
+            train_loss=p.train_loss,
+            base_eval_loss=p.base_eval_loss,
+            train_seconds=p.train_seconds,
+            signature=bytes.fromhex(p.signature),
+        )
+    )
     for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
         if limiter is not None:
             limiter.acquire(len(c.data))
         yield pb.UploadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32))
 
 
-def download(client: AggregatorClient, version: int, dest: Path, *,
-             base: tuple[int, Mapping[str, torch.Tensor]] | None = None,
-             limiter: TokenBucket | None = None) -> dict[str, torch.Tensor]:
+def download(
+    client: AggregatorClient,
+    version: int,
+    dest: Path,
+    *,
+    base: tuple[int, Mapping[str, torch.Tensor]] | None = None,
+    limiter: TokenBucket | None = None,
+) -> dict[str, torch.Tensor]:
     """Fetch global `version` (as a lossless delta from `base` when the aggregator has it)."""
     dest.mkdir(parents=True, exist_ok=True)
     have = base[0] if base is not None else -1
     path, header = client.retrier.call(
         lambda: _download_once(client, version, have, dest, limiter),
-        retryable=lambda e: is_transient(e) or isinstance(e, TransferError), what="Download")
+        retryable=lambda e: is_transient(e) or isinstance(e, TransferError),
+        what="Download",
+    )
     try:
         with path.open("rb") as fh:
             if header.encoding == "delta":
@@ -131,13 +162,15 @@ def download(client: AggregatorClient, version: int, dest: Path, *,
         (dest / "download.json").unlink(missing_ok=True)
 
 
-def _download_once(client: AggregatorClient, version: int, have: int, dest: Path,
-                   limiter: TokenBucket | None) -> tuple[Path, pb.ObjectHeader]:
+def _download_once(
+    client: AggregatorClient, version: int, have: int, dest: Path, limiter: TokenBucket | None
+) -> tuple[Path, pb.ObjectHeader]:
     known = _known_download(dest, version)
     offset = known[1] if known else 0
     stream = client.stub.Download(
         pb.DownloadRequest(version=version, offset=offset, have_version=have),
-        metadata=client.metadata)
+        metadata=client.metadata,
+    )
     first = next(stream)
     if first.WhichOneof("body") != "header":
         raise ChunkIntegrityError("Download stream did not start with a header")
@@ -147,8 +180,9 @@ def _download_once(client: AggregatorClient, version: int, have: int, dest: Path
         if offset:  # the aggregator re-published another object: start over
             _forget_download(dest)
             raise TransferError("download object changed; restarting", offset=offset)
-        atomic_write_bytes(dest / "download.json",
-                           json.dumps({"version": version, "path": final.name}).encode())
+        atomic_write_bytes(
+            dest / "download.json", json.dumps({"version": version, "path": final.name}).encode()
+        )
     part = PartialFile(final, size=h.size, digest=h.digest, transfer_id=final.name)
     try:
         for msg in stream:

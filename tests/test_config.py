@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -50,28 +51,40 @@ def test_good_aggregator_config_loads_with_paths_relative_to_file(tmp_path: Path
     ("text", "message"),
     [
         (GOOD_AGG + "\n[bogus]\nx = 1\n", "unknown key 'bogus'"),
-        (GOOD_AGG.replace("min_silos = 2", "min_silos = 2\nmin_silo = 3"),
-         "unknown key 'rounds.min_silo'"),
-        (GOOD_AGG.replace("min_silos = 2", 'min_silos = "two"'),
-         "rounds.min_silos must be an integer"),
-        (GOOD_AGG.replace("min_silos = 2", "min_silos = true"),
-         "rounds.min_silos must be an integer, got a boolean"),
+        (
+            GOOD_AGG.replace("min_silos = 2", "min_silos = 2\nmin_silo = 3"),
+            "unknown key 'rounds.min_silo'",
+        ),
+        (
+            GOOD_AGG.replace("min_silos = 2", 'min_silos = "two"'),
+            "rounds.min_silos must be an integer",
+        ),
+        (
+            GOOD_AGG.replace("min_silos = 2", "min_silos = true"),
+            "rounds.min_silos must be an integer, got a boolean",
+        ),
         (GOOD_AGG.replace("min_silos = 2", "min_silos = 0"), "rounds.min_silos must be >= 1"),
         (GOOD_AGG.replace("min_silos = 2", "quorum = 1.5"), "rounds.quorum must be within"),
         (GOOD_AGG + '\n[outer]\nname = "sgd"\n', "outer.name = 'sgd' is not one of"),
         (GOOD_AGG.replace('certs_dir = "certs"', ""), "server.certs_dir is required"),
         (GOOD_AGG.replace('"127.0.0.1:0"', '"nowhere"'), "must be host:port"),
-        (GOOD_AGG.replace("local_steps = 10", "local_steps = 0"),
-         "federation.local_steps must be > 0"),
-        (GOOD_AGG.replace("local_steps = 10", 'local_steps = 10\ncodec = "zip"'),
-         "federation.codec = 'zip' is not one of"),
-        (GOOD_AGG.replace("min_silos = 2", "min_silos = 3\nsilos_per_round = 2"),
-         "silos_per_round is smaller than rounds.min_silos"),
+        (
+            GOOD_AGG.replace("local_steps = 10", "local_steps = 0"),
+            "federation.local_steps must be > 0",
+        ),
+        (
+            GOOD_AGG.replace("local_steps = 10", 'local_steps = 10\ncodec = "zip"'),
+            "federation.codec = 'zip' is not one of",
+        ),
+        (
+            GOOD_AGG.replace("min_silos = 2", "min_silos = 3\nsilos_per_round = 2"),
+            "silos_per_round is smaller than rounds.min_silos",
+        ),
         ("[server\n", "is not valid TOML"),
     ],
 )
 def test_aggregator_config_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load_aggregator_config(write(tmp_path, text), environ={})
 
 
@@ -81,8 +94,12 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_environment_overrides_for_containers(tmp_path: Path) -> None:
-    env = {"PHOTON__ROUNDS__MIN_SILOS": "5", "PHOTON__SERVER__LISTEN": "0.0.0.0:6000",
-           "PHOTON__FEDERATION__TRAINING__LR": "0.01", "UNRELATED": "x"}
+    env = {
+        "PHOTON__ROUNDS__MIN_SILOS": "5",
+        "PHOTON__SERVER__LISTEN": "0.0.0.0:6000",
+        "PHOTON__FEDERATION__TRAINING__LR": "0.01",
+        "UNRELATED": "x",
+    }
     cfg = load_aggregator_config(write(tmp_path, GOOD_AGG), environ=env)
     assert cfg.rounds.min_silos == 5
     assert cfg.server.listen == "0.0.0.0:6000"
@@ -93,15 +110,14 @@ def test_silo_config_loads_and_validates(tmp_path: Path) -> None:
     cfg = load_silo_config(write(tmp_path, GOOD_SILO), environ={})
     assert cfg.silo.data_dir == tmp_path / "data"
     assert cfg.retry.max_s == 15.0
-    with pytest.raises(ConfigError, match="missing required key 'silo.name'"):
+    with pytest.raises(ConfigError, match=re.escape("missing required key 'silo.name'")):
         load_silo_config(write(tmp_path, GOOD_SILO.replace('name = "silo-0"', "")), environ={})
-    with pytest.raises(ConfigError, match="missing the \\[silo\\] table"):
+    with pytest.raises(ConfigError, match=re.escape("missing the [silo] table")):
         load_silo_config(write(tmp_path, "[retry]\n"), environ={})
-    with pytest.raises(ConfigError, match="silo.device must be one of"):
+    with pytest.raises(ConfigError, match=re.escape("silo.device must be one of")):
         load_silo_config(write(tmp_path, GOOD_SILO + 'device = "tpu"\n'), environ={})
-    with pytest.raises(ConfigError, match="transfer.chunk_bytes must be within"):
-        load_silo_config(write(tmp_path, GOOD_SILO + "[transfer]\nchunk_bytes = 10\n"),
-                         environ={})
+    with pytest.raises(ConfigError, match=re.escape("transfer.chunk_bytes must be within")):
+        load_silo_config(write(tmp_path, GOOD_SILO + "[transfer]\nchunk_bytes = 10\n"), environ={})
 
 
 def test_federation_spec_json_round_trip_and_validation() -> None:
@@ -111,5 +127,5 @@ def test_federation_spec_json_round_trip_and_validation() -> None:
     assert again.digest() == spec.digest()
     with pytest.raises(ConfigError, match="not valid JSON"):
         FederationSpec.from_json(b"{nope")
-    with pytest.raises(ConfigError, match="unknown key 'federation.evil'"):
+    with pytest.raises(ConfigError, match=re.escape("unknown key 'federation.evil'")):
         FederationSpec.from_json(b'{"evil": 1}')

@@ -49,14 +49,26 @@ class Clock:
         return self.t
 
 
-def make_engine(tmp_path: Path, *, silos: int = 2, rounds: int = 3, quorum: float = 1.0,
-                per_round: int = 0, store: Store | None = None,
-                model: FakeModel | None = None, clock: Clock | None = None
-                ) -> tuple[RoundEngine, FakeModel, Clock, Store]:
+def make_engine(
+    tmp_path: Path,
+    *,
+    silos: int = 2,
+    rounds: int = 3,
+    quorum: float = 1.0,
+    per_round: int = 0,
+    store: Store | None = None,
+    model: FakeModel | None = None,
+    clock: Clock | None = None,
+) -> tuple[RoundEngine, FakeModel, Clock, Store]:
     cfg = AggregatorConfig(
         server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[]),
-        rounds=RoundsConfig(min_silos=silos, quorum=quorum, deadline_s=100,
-                            heartbeat_timeout_s=30, silos_per_round=per_round),
+        rounds=RoundsConfig(
+            min_silos=silos,
+            quorum=quorum,
+            deadline_s=100,
+            heartbeat_timeout_s=30,
+            silos_per_round=per_round,
+        ),
         federation=FederationSpec(rounds=rounds, local_steps=5, tokenizer_digest="tok"),
     )
     store = store or Store(tmp_path / "journal.sqlite")
@@ -66,14 +78,23 @@ def make_engine(tmp_path: Path, *, silos: int = 2, rounds: int = 3, quorum: floa
     return engine, model, clock, store
 
 
-def send_update(engine: RoundEngine, tmp_path: Path, silo: str, round_: int,
-                value: float, tokens: int = 100) -> bool:
+def send_update(
+    engine: RoundEngine, tmp_path: Path, silo: str, round_: int, value: float, tokens: int = 100
+) -> bool:
     src = tmp_path / f"src-{silo}-{round_}.upd"
     info = write_object(src, {"w": torch.full((8,), value)}, "fp32")
     header = UploadHeaderInfo(
-        transfer_id=f"{silo}-r{round_}", round=round_, base_version=round_,
-        digest=info.digest, size=info.size, offset=0, num_tokens=tokens, train_loss=1.0,
-        base_eval_loss=2.0, train_seconds=1.0)
+        transfer_id=f"{silo}-r{round_}",
+        round=round_,
+        base_version=round_,
+        digest=info.digest,
+        size=info.size,
+        offset=0,
+        num_tokens=tokens,
+        train_loss=1.0,
+        base_eval_loss=2.0,
+        train_seconds=1.0,
+    )
     session = engine.begin_upload(silo, header)
     gen = session.claim()
     for chunk in iter_file_chunks(src, chunk_size=64):
@@ -107,7 +128,7 @@ def test_round_opens_at_min_silos_and_closes_when_all_report(tmp_path: Path) -> 
 
 
 def test_federation_finishes_with_eval_then_done(tmp_path: Path) -> None:
-    engine, model, _, store = make_engine(tmp_path, rounds=1)
+    engine, _model, _, store = make_engine(tmp_path, rounds=1)
     join_all(engine, 2)
     engine.tick()
     for silo in ("s0", "s1"):
@@ -170,7 +191,9 @@ def test_lost_silo_is_not_waited_for_when_quorum_is_met(tmp_path: Path) -> None:
     engine.heartbeat("s0")
     engine.tick()
     assert model.advanced == [(0, ["s0"])]
-    assert next(s for s in engine.status()["silos"] if s["silo"] == "s1")["state"] == "lost"
+    silos = engine.status()["silos"]
+    assert isinstance(silos, list)
+    assert next(s for s in silos if s["silo"] == "s1")["state"] == "lost"
 
 
 def test_deadline_without_quorum_extends_the_round(tmp_path: Path) -> None:
@@ -210,9 +233,18 @@ def test_resume_must_start_at_committed_offset(tmp_path: Path) -> None:
     engine.tick()
     src = tmp_path / "u.upd"
     info = write_object(src, {"w": torch.ones(8)}, "fp32")
-    header = UploadHeaderInfo(transfer_id="t1", round=0, base_version=0, digest=info.digest,
-                              size=info.size, offset=0, num_tokens=1, train_loss=None,
-                              base_eval_loss=None, train_seconds=0.0)
+    header = UploadHeaderInfo(
+        transfer_id="t1",
+        round=0,
+        base_version=0,
+        digest=info.digest,
+        size=info.size,
+        offset=0,
+        num_tokens=1,
+        train_loss=None,
+        base_eval_loss=None,
+        train_seconds=0.0,
+    )
     session = engine.begin_upload("s0", header)
     gen = session.claim()
     first = next(iter_file_chunks(src, chunk_size=32))
@@ -224,7 +256,7 @@ def test_resume_must_start_at_committed_offset(tmp_path: Path) -> None:
 
 
 def test_bad_update_is_rejected_and_leaves_no_trace(tmp_path: Path) -> None:
-    engine, model, _, store = make_engine(tmp_path)
+    engine, _model, _, store = make_engine(tmp_path)
     join_all(engine, 2)
     engine.tick()
     with pytest.raises(UpdateRejected, match="NaN or infinite"):

@@ -21,10 +21,18 @@ def aggregator() -> None:
 
 
 @aggregator.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              required=True, help="aggregator.toml")
-@click.option("--exit-when-done", is_flag=True,
-              help="Exit once the last round is aggregated and every silo has left.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="aggregator.toml",
+)
+@click.option(
+    "--exit-when-done",
+    is_flag=True,
+    help="Exit once the last round is aggregated and every silo has left.",
+)
 @log_format_option
 @log_level_option
 @photon_errors_as_click

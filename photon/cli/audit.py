@@ -27,9 +27,11 @@ def audit(state_dir: Path, as_json: bool) -> None:
             click.echo(json.dumps(e, sort_keys=True))
             continue
         sig = "signed" if e.get("signature") else "unsigned"
-        click.echo(f"{e.get('time', 0):.3f} round {e.get('round', '?'):>4} "
-                   f"{e.get('silo', '?'):<16} {str(e.get('digest', ''))[:16]} {sig:<8} "
-                   f"{e.get('verdict', '?'):<9} {e.get('reason', '')}")
+        click.echo(
+            f"{e.get('time', 0):.3f} round {e.get('round', '?'):>4} "
+            f"{e.get('silo', '?'):<16} {str(e.get('digest', ''))[:16]} {sig:<8} "
+            f"{e.get('verdict', '?'):<9} {e.get('reason', '')}"
+        )
     if broken is not None:
         raise click.ClickException(f"audit chain broken at entry {broken}: the log was altered")
     click.echo(f"{len(entries)} entries; hash chain intact", err=True)

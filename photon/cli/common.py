@@ -16,11 +16,18 @@ from photon.errors import PhotonError
 F = TypeVar("F", bound=Callable[..., Any])
 
 log_format_option = click.option(
-    "--log-format", type=click.Choice(["auto", "json", "console"]), default="auto",
-    show_default=True, help="JSON lines for daemons and files; console for a person.")
+    "--log-format",
+    type=click.Choice(["auto", "json", "console"]),
+    default="auto",
+    show_default=True,
+    help="JSON lines for daemons and files; console for a person.",
+)
 log_level_option = click.option(
-    "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-    show_default=True)
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
 
 
 def photon_errors_as_click(fn: F) -> F:

@@ -22,8 +22,13 @@ def silo() -> None:
 
 
 @silo.command()
-@click.option("--config", "config_path", type=click.Path(path_type=Path, dir_okay=False),
-              required=True, help="silo.toml")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="silo.toml",
+)
 @log_format_option
 @log_level_option
 @photon_errors_as_click

@@ -12,8 +12,18 @@ from pathlib import Path
 
 from photon.errors import DataError
 
-_SKIP = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3", "turtledemo",
-         "ensurepip", "config-3", "lib-dynload"}
+_SKIP = {
+    "site-packages",
+    "test",
+    "tests",
+    "idlelib",
+    "__pycache__",
+    "lib2to3",
+    "turtledemo",
+    "ensurepip",
+    "config-3",
+    "lib-dynload",
+}
 
 
 def stdlib_dir() -> Path:
@@ -26,8 +36,11 @@ def stdlib_dir() -> Path:
 def stdlib_packages(root: Path) -> list[Path]:
     """Top-level packages with Python source, sorted by name."""
     return sorted(
-        p for p in root.iterdir()
-        if p.is_dir() and (p / "__init__.py").exists() and p.name not in _SKIP
+        p
+        for p in root.iterdir()
+        if p.is_dir()
+        and (p / "__init__.py").exists()
+        and p.name not in _SKIP
         and not p.name.startswith(("config-", "_"))
     )
 
@@ -36,8 +49,9 @@ def _size(package: Path) -> int:
     return sum(f.stat().st_size for f in package.rglob("*.py"))
 
 
-def split_stdlib(out_dir: Path, n_silos: int, *, bytes_per_silo: int,
-                 eval_bytes: int) -> tuple[list[Path], Path]:
+def split_stdlib(
+    out_dir: Path, n_silos: int, *, bytes_per_silo: int, eval_bytes: int
+) -> tuple[list[Path], Path]:
     """Copy packages into `out_dir/silo-<i>/` (round-robin by name until each has
     `bytes_per_silo`) and `out_dir/eval/`; return the silo folders and the eval folder."""
     packages = stdlib_packages(stdlib_dir())
@@ -46,13 +60,11 @@ def split_stdlib(out_dir: Path, n_silos: int, *, bytes_per_silo: int,
     targets = [*silo_dirs, eval_dir]
     budget = [bytes_per_silo] * n_silos + [eval_bytes]
     filled = [0] * len(targets)
-    turn = 0
-    for package in packages:
+    for turn, package in enumerate(packages):
         open_slots = [i for i in range(len(targets)) if filled[i] < budget[i]]
         if not open_slots:
             break
         slot = open_slots[turn % len(open_slots)]
-        turn += 1
         _copy_package(package, targets[slot] / package.name, budget[slot] - filled[slot])
         filled[slot] += min(_size(package), budget[slot] - filled[slot])
     if min(filled) == 0:

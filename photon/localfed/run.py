@@ -47,39 +47,57 @@ class LocalFederation:
         started = time.monotonic()
         self.echo(f"photon local: work directory {self.workdir}")
         layout = build(self.workdir, self.opts)
-        self.echo(f"  certificates, {self.opts.silos} silos' data and configs ready "
-                  f"({time.monotonic() - started:.1f}s)")
+        self.echo(
+            f"  certificates, {self.opts.silos} silos' data and configs ready "
+            f"({time.monotonic() - started:.1f}s)"
+        )
         try:
             port = self._start_aggregator(layout)
             for cfg in layout.silo_configs:
-                self._start(cfg.stem, ["silo", "run", "--config", str(cfg)],
-                            layout, {"PHOTON__SILO__AGGREGATOR": f'"localhost:{port}"'})
-            self.echo(f"  aggregator on localhost:{port} (mTLS); silos started; "
-                      f"logs in {layout.logs}")
+                self._start(
+                    cfg.stem,
+                    ["silo", "run", "--config", str(cfg)],
+                    layout,
+                    {"PHOTON__SILO__AGGREGATOR": f'"localhost:{port}"'},
+                )
+            self.echo(
+                f"  aggregator on localhost:{port} (mTLS); silos started; logs in {layout.logs}"
+            )
             self._supervise(layout)
         finally:
             self._stop_all()
         return self._finish(layout, time.monotonic() - started)
 
-    def _start(self, name: str, args: list[str], layout: LocalLayout,
-               env: dict[str, str] | None = None) -> None:
+    def _start(
+        self, name: str, args: list[str], layout: LocalLayout, env: dict[str, str] | None = None
+    ) -> None:
         log = (layout.logs / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", "photon", *args, "--log-format", "json"]
-        popen = subprocess.Popen(cmd, cwd=layout.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+        popen = subprocess.Popen(
+            cmd,
+            cwd=layout.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
         self.procs.append(_Proc(name, popen, log))
 
     def _start_aggregator(self, layout: LocalLayout) -> int:
-        self._start("aggregator", ["aggregator", "serve", "--config",
-                                   str(layout.aggregator_config), "--exit-when-done"], layout)
+        self._start(
+            "aggregator",
+            ["aggregator", "serve", "--config", str(layout.aggregator_config), "--exit-when-done"],
+            layout,
+        )
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if layout.port_file.exists():
                 return int(layout.port_file.read_text())
             self._check_alive(layout)
             time.sleep(0.1)
-        raise LocalRunError("the aggregator did not start listening within 120 s; see "
-                            f"{layout.logs / 'aggregator.log'}")
+        raise LocalRunError(
+            "the aggregator did not start listening within 120 s; see "
+            f"{layout.logs / 'aggregator.log'}"
+        )
 
     def _supervise(self, layout: LocalLayout) -> None:
         table = RoundTable(self.echo, silos=[c.stem for c in layout.silo_configs])
@@ -123,8 +141,10 @@ class LocalFederation:
         out.write_text(json.dumps(summary, indent=2))
         first, last = summary.get("initial_eval_loss"), summary.get("final_eval_loss")
         ratio = (last / first) if first and last else float("nan")
-        self.echo(f"done in {seconds:.1f}s: eval loss {first:.4f} -> {last:.4f} "
-                  f"(ratio {ratio:.3f}); checkpoint {summary['checkpoint']}")
+        self.echo(
+            f"done in {seconds:.1f}s: eval loss {first:.4f} -> {last:.4f} "
+            f"(ratio {ratio:.3f}); checkpoint {summary['checkpoint']}"
+        )
         self.echo(f"summary: {out}")
         return summary
 
@@ -150,8 +170,8 @@ def prepare_workdir(workdir: Path | None) -> Path:
 
         return Path(tempfile.mkdtemp(prefix="photon-local-"))
     if workdir.exists() and any(workdir.iterdir()):
-        raise LocalRunError(f"work directory {workdir} is not empty; choose another "
-                            "--workdir or remove it")
+        raise LocalRunError(
+            f"work directory {workdir} is not empty; choose another --workdir or remove it"
+        )
     workdir.mkdir(parents=True, exist_ok=True)
     return workdir
-

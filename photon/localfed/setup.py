@@ -39,14 +39,13 @@ def build(workdir: Path, opts: LocalOptions) -> LocalLayout:
     certs = workdir / "certs"
     names = [f"silo-{i}" for i in range(opts.silos)]
     init_federation(certs, silos=names)
-    text_dirs, eval_text = split_stdlib(workdir / "text", opts.silos,
-                                        bytes_per_silo=opts.bytes_per_silo,
-                                        eval_bytes=opts.eval_bytes)
+    text_dirs, eval_text = split_stdlib(
+        workdir / "text", opts.silos, bytes_per_silo=opts.bytes_per_silo, eval_bytes=opts.eval_bytes
+    )
     tokenizer = ByteTokenizer()
     for name, text in zip(names, text_dirs, strict=True):
         prepare(text, workdir / "data" / name, tokenizer, heldout_fraction=0.05, seed=opts.seed)
-    prepare(eval_text, workdir / "data" / "eval", tokenizer, heldout_fraction=1.0,
-            seed=opts.seed)
+    prepare(eval_text, workdir / "data" / "eval", tokenizer, heldout_fraction=1.0, seed=opts.seed)
     agg = workdir / "aggregator.toml"
     agg.write_text(_aggregator_toml(opts))
     silo_cfgs = []
@@ -55,10 +54,14 @@ def build(workdir: Path, opts: LocalOptions) -> LocalLayout:
         path.write_text(_silo_toml(name))
         silo_cfgs.append(path)
     (workdir / "logs").mkdir(exist_ok=True)
-    return LocalLayout(workdir=workdir, aggregator_config=agg, silo_configs=tuple(silo_cfgs),
-                       port_file=workdir / "aggregator.port",
-                       summary=workdir / "aggregator-state" / "summary.json",
-                       logs=workdir / "logs")
+    return LocalLayout(
+        workdir=workdir,
+        aggregator_config=agg,
+        silo_configs=tuple(silo_cfgs),
+        port_file=workdir / "aggregator.port",
+        summary=workdir / "aggregator-state" / "summary.json",
+        logs=workdir / "logs",
+    )
 
 
 def _aggregator_toml(o: LocalOptions) -> str:
@@ -95,7 +98,7 @@ eval_batches = 8
 
 
 def _silo_toml(name: str) -> str:
-    return f"""# Written by `photon local`. The aggregator address is passed in PHOTON__SILO__AGGREGATOR.
+    return f"""# Written by `photon local`; the aggregator address is in PHOTON__SILO__AGGREGATOR.
 [silo]
 name = "{name}"
 aggregator = "localhost:0"

@@ -40,16 +40,21 @@ class RoundTable:
         start = "n/a" if initial is None else f"{initial:.4f}"
         self.echo(f"initial global eval loss: {start}")
         silo_cols = " ".join(f"{s:>9}" for s in self.silos)
-        self.echo(f"{'round':>5} {'eval loss':>9} | train loss: {silo_cols} | "
-                  f"{'bytes up':>9} {'bytes down':>10} {'seconds':>8}")
+        self.echo(
+            f"{'round':>5} {'eval loss':>9} | train loss: {silo_cols} | "
+            f"{'bytes up':>9} {'bytes down':>10} {'seconds':>8}"
+        )
 
     def _line(self, row: dict[str, Any]) -> str:
         silos = row.get("silos", {})
         losses = " ".join(
-            f"{silos[s]['train_loss']:>9.4f}" if s in silos and silos[s]["train_loss"] is not None
+            f"{silos[s]['train_loss']:>9.4f}"
+            if s in silos and silos[s]["train_loss"] is not None
             else f"{'-':>9}"
             for s in self.silos
         )
-        return (f"{row['round']:>5} {row['eval_loss']:>9.4f} | {'':11} {losses} | "
-                f"{human_bytes(row['bytes_up']):>9} {human_bytes(row['bytes_down']):>10} "
-                f"{row['seconds']:>8.1f}")
+        return (
+            f"{row['round']:>5} {row['eval_loss']:>9.4f} | {'':11} {losses} | "
+            f"{human_bytes(row['bytes_up']):>9} {human_bytes(row['bytes_down']):>10} "
+            f"{row['seconds']:>8.1f}"
+        )
