@@ -107,11 +107,9 @@ class GlobalModel:
 
     def _save(self, round_: int) -> Path:
         meta = {
-            "version": str(self.version),
             "round": str(round_),
             "model_config": json.dumps(self.spec.model, sort_keys=True),
             "federation_digest": self.spec.digest(),
-            "param_digest": param_digest(self.params),
         }
         return save_checkpoint(
             self.ckpt_dir,
