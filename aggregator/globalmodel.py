@@ -8,19 +8,27 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from aggregator.aggregate import accumulate
-from aggregator.checkpoint import latest_checkpoint, param_digest, prune, save_checkpoint
+from aggregator.checkpoint import (
+    OUTER_PREFIX,
+    checkpoint_path,
+    latest_checkpoint,
+    param_digest,
+    prune,
+    save_checkpoint,
+)
 from aggregator.store import UpdateRow
 from aggregator.strategies import OuterConfig, make_outer
 from bandwidth.codec import write_object
 from photon.federation import FederationSpec
-from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
 from photon.model import ModelConfig, build_model
 
@@ -56,7 +64,6 @@ class GlobalModel:
         self.outer = make_outer(outer)
         self._lock = threading.Lock()
         self._published: dict[tuple[int, int], Published] = {}
-        self._previous: dict[str, torch.Tensor] | None = None
         self._load_or_init()
 
     def _load_or_init(self) -> None:
@@ -94,16 +101,17 @@ class GlobalModel:
     def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
         """Average the updates (token-weighted), take the outer step, commit version + 1."""
         acc = accumulate(updates)
-        new = {k: v.clone() for k, v in self.params.items()}
-        for name in sorted(new):
-            self.outer.step(name, new[name], acc.average(name), round_)
         with self._lock:
-            self._previous, self.params = self.params, new
+            # In place, tensor by tensor, freeing each average once used: memory stays at the
+            # parameters plus one accumulator. The checkpoint is the commit point; a crash
+            # before it restarts from the previous checkpoint.
+            for name in sorted(self.params):
+                self.outer.step(name, self.params[name], acc.pop(name), round_)
             self.version += 1
             self.checkpoint_path = self._save(round_)
         self.publish()
         if self.keep:
-            prune(self.ckpt_dir, keep=self.keep)
+            prune(self.ckpt_dir, keep=max(2, self.keep))
 
     def _save(self, round_: int) -> Path:
         meta = {
@@ -124,19 +132,20 @@ class GlobalModel:
         """Write the download objects of the current version (full, and delta from previous)."""
         version = self.version
         self._publish_one(version, -1, self.params, None)
-        if self._previous is not None:
-            self._publish_one(version, version - 1, self.params, self._previous)
+        previous = checkpoint_path(self.ckpt_dir, version - 1)
+        if version > 0 and previous.exists():
+            with safe_open(str(previous), framework="pt") as handle:
+                self._publish_one(version, version - 1, self.params, _LazyTensors(handle))
         for key in [k for k in self._published if k[0] < version - 1]:
             stale = self._published.pop(key)
             stale.path.unlink(missing_ok=True)
-            stale.path.with_suffix(".json").unlink(missing_ok=True)
 
     def _publish_one(
         self,
         version: int,
         base: int,
-        params: dict[str, torch.Tensor],
-        base_params: dict[str, torch.Tensor] | None,
+        params: Mapping[str, torch.Tensor],
+        base_params: Mapping[str, torch.Tensor] | None,
     ) -> None:
         name = f"v{version:06d}.full" if base < 0 else f"v{version:06d}.from{base:06d}"
         path = self.pub_dir / f"{name}.obj"
@@ -144,10 +153,6 @@ class GlobalModel:
             info = write_object(path, params, "fp32")
         else:
             info = write_object(path, params, "xor", base=base_params)
-        atomic_write_bytes(
-            path.with_suffix(".json"),
-            json.dumps({"digest": info.digest, "size": info.size}).encode(),
-        )
         with self._lock:
             self._published[(version, base)] = Published(
                 path, info.digest, info.size, version, base
@@ -159,3 +164,22 @@ class GlobalModel:
             if have_version >= 0 and (version, have_version) in self._published:
                 return self._published[(version, have_version)]
             return self._published.get((version, -1))
+
+
+class _LazyTensors(Mapping[str, torch.Tensor]):
+    """The parameters of a checkpoint file, read one tensor at a time (for delta downloads)."""
+
+    def __init__(self, handle: Any) -> None:
+        self._f = handle
+        self._keys = [k for k in handle.keys() if not k.startswith(OUTER_PREFIX)]  # noqa: SIM118
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._keys:
+            raise KeyError(name)
+        return self._f.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
