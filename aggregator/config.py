@@ -43,6 +43,17 @@ class ServerConfig:
     keep_checkpoints: int = 0
     #: Refuse updates whose digest is not signed with the sending silo's certificate key.
     require_signatures: bool = True
+    #: Concurrent Upload/Download streams allowed per silo.
+    max_transfers_per_silo: int = 2
+    #: Concurrent Upload/Download streams allowed in total.
+    max_transfers_total: int = 64
+    #: Unary requests per second per silo (bursts of 4x); 0 disables the limit.
+    max_requests_per_s: float = 20.0
+    #: Cancel a stream that moves no bytes for this many seconds (slow-loris defence).
+    stream_idle_timeout_s: float = 120.0
+    #: Reject an update whose L2 norm exceeds this multiple of the median of recently
+    #: accepted updates (needs 3 of them first); 0 disables outlier rejection.
+    max_norm_ratio: float = 0.0
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:
@@ -54,6 +65,10 @@ class ServerConfig:
                 "server.certs_dir is required (make one with `photon certs init`), "
                 "or set server.insecure = true for a plaintext experiment"
             )
+        if self.max_transfers_per_silo < 1 or self.max_transfers_total < 1:
+            raise ConfigError("server.max_transfers_per_silo and max_transfers_total must be >= 1")
+        if self.stream_idle_timeout_s <= 0 or self.max_norm_ratio < 0:
+            raise ConfigError("server.stream_idle_timeout_s must be > 0, max_norm_ratio >= 0")
         if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
             raise ConfigError("server.chunk_bytes must be within [65536, 8388608] (try 2097152)")
 

@@ -21,10 +21,9 @@ from aggregator.audit import AuditLog
 from aggregator.config import AggregatorConfig
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
-from aggregator.validate import validate_update
+from aggregator.verify import UpdateVerifier
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.logs import get_logger
-from photon.signing import verify_digest
 
 if TYPE_CHECKING:
     from aggregator.globalmodel import GlobalModel
@@ -77,6 +76,7 @@ class RoundEngine:
         self._state: dict[str, str] = {}
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
         self.audit = AuditLog(Path(cfg.server.state_dir) / "audit.jsonl")
+        self.verifier = UpdateVerifier(cfg.server, self.spec, model, store, self.audit)
         self._recover()
 
     # -- recovery ---------------------------------------------------------------------------
@@ -230,18 +230,9 @@ class RoundEngine:
         True if newly accepted. A rejected update's bytes are deleted: it leaves no trace
         but its line in the audit log."""
         try:
-            self._check_signature(silo, info, peer_cert)
-            validate_update(path, self.model, self.spec)
-        except PhotonError as exc:
+            norm = self.verifier.verify(silo, info, path, peer_cert)
+        except PhotonError:
             self.uploads.discard(info.transfer_id, path)
-            self.audit.record(
-                silo=silo,
-                round=info.round,
-                digest=info.digest,
-                signature=info.signature,
-                verdict="rejected",
-                reason=str(exc),
-            )
             raise
         with self._cond:
             op = self._check_round(silo, info.round, allow_reported=True)
@@ -256,16 +247,11 @@ class RoundEngine:
                 base_eval_loss=info.base_eval_loss,
                 train_seconds=info.train_seconds,
                 accepted_at=self.clock(),
+                norm=norm,
             )
             new = self.store.add_update(row)
             if new:
-                self.audit.record(
-                    silo=silo,
-                    round=info.round,
-                    digest=info.digest,
-                    signature=info.signature,
-                    verdict="accepted",
-                )
+                self.verifier.accepted(silo, info, norm)
                 op.reported.add(silo)
                 if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
                     self.store.add_eval(
@@ -282,19 +268,6 @@ class RoundEngine:
             self.uploads.finish(info.transfer_id)
             self._cond.notify_all()
             return new
-
-    def _check_signature(self, silo: str, info: UploadHeaderInfo, peer_cert: bytes | None) -> None:
-        if peer_cert is None:  # plaintext (--insecure): there is no identity to check against
-            return
-        if not self.cfg.server.require_signatures and not info.signature:
-            return
-        if not verify_digest(peer_cert, info.digest, info.round, info.signature):
-            raise UpdateRejected(
-                "the update's signature does not verify against the silo's certificate "
-                "(sign the digest with the certificate's key)",
-                silo=silo,
-                round=info.round,
-            )
 
     def _check_round(self, silo: str, round_: int, allow_reported: bool = False) -> _OpenRound:
         op = self._open
@@ -486,4 +459,3 @@ class RoundEngine:
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
-

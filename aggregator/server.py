@@ -14,6 +14,7 @@ from aggregator.config import AggregatorConfig
 from aggregator.engine import RoundEngine
 from aggregator.evaluator import Evaluator
 from aggregator.globalmodel import GlobalModel
+from aggregator.limits import Limits
 from aggregator.servicer import FederationServicer
 from aggregator.store import Store
 from aggregator.summary import AGGREGATOR_EVAL, build_summary, write_summary
@@ -60,6 +61,13 @@ class AggregatorDaemon:
         )
         self.evaluator = self._make_evaluator()
         self.engine = RoundEngine(cfg, self.store, self.model, evaluate=self._evaluate)
+        srv = cfg.server
+        self.limits = Limits.from_config(
+            per_silo=srv.max_transfers_per_silo,
+            total=srv.max_transfers_total,
+            requests_per_s=srv.max_requests_per_s,
+            idle_s=srv.stream_idle_timeout_s,
+        )
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port = 0
@@ -112,6 +120,7 @@ class AggregatorDaemon:
             insecure=srv.insecure,
             status=self.status,
             revocations=self._revocations(),
+            limits=self.limits,
         )
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -153,6 +162,7 @@ class AggregatorDaemon:
             )
         while not stop.wait(0.25):
             self.engine.tick()
+            self.limits.watchdog.sweep()
             if exit_when_done and self.engine.finished():
                 log.info(
                     "federation_done",

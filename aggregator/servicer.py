@@ -10,11 +10,13 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
 
 import grpc
 
 from aggregator.engine import RoundEngine
+from aggregator.limits import Limits
 from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
@@ -27,7 +29,6 @@ from photon.wire import INSECURE_IDENTITY_KEY
 
 log = get_logger("aggregator.servicer")
 
-SYNC_EVERY_BYTES = 32 * 1024 * 1024
 
 _CODES: tuple[tuple[type[errors.PhotonError], grpc.StatusCode], ...] = (
     (errors.NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
@@ -37,6 +38,7 @@ _CODES: tuple[tuple[type[errors.PhotonError], grpc.StatusCode], ...] = (
     (errors.UpdateRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.CodecError, grpc.StatusCode.INVALID_ARGUMENT),
     (errors.TransferError, grpc.StatusCode.UNAVAILABLE),
+    (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -87,9 +89,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         insecure: bool,
         status: Callable[[], dict[str, Any]] | None = None,
         revocations: RevocationList | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.engine = engine
         self.revocations = revocations
+        self.limits = limits
         self.status = status or engine.status
         self.chunk_bytes = chunk_bytes
         self.long_poll_s = long_poll_s
@@ -105,6 +109,11 @@ class FederationServicer(pb_grpc.FederationServicer):
                 "no client certificate identity; connect with a federation silo "
                 "certificate (photon certs issue silo NAME)",
             )
+        if self.limits is not None:
+            try:
+                self.limits.rate.check(str(silo))
+            except errors.ResourceExhausted as exc:
+                _abort(context, exc, "rate")
         pem = peer_certificate_pem(context)
         if (
             self.revocations is not None
@@ -189,14 +198,18 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         )
         sent = 0
-        try:
-            for c in iter_file_chunks(pub.path, start=request.offset, chunk_size=self.chunk_bytes):
-                yield pb.DownloadChunk(
-                    chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32)
-                )
-                sent += len(c.data)
-        finally:
-            self.engine.store.add_traffic(pub.version, silo, "down", sent)
+        with self._transfer(silo, context) as progress:
+            try:
+                for c in iter_file_chunks(
+                    pub.path, start=request.offset, chunk_size=self.chunk_bytes
+                ):
+                    yield pb.DownloadChunk(
+                        chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32)
+                    )
+                    sent += len(c.data)
+                    progress()
+            finally:
+                self.engine.store.add_traffic(pub.version, silo, "down", sent)
 
     @translated
     def Upload(
@@ -209,21 +222,19 @@ class FederationServicer(pb_grpc.FederationServicer):
         info = _header_info(first.header)
         session = self.engine.begin_upload(silo, info)
         generation = session.claim()
-        received = since_sync = 0
-        try:
-            for msg in request_iterator:
-                if msg.WhichOneof("body") != "chunk":
-                    raise errors.UpdateRejected("only chunks may follow the Upload header")
-                c = msg.chunk
-                session.write(generation, c.offset, c.data, c.crc32)
-                received += len(c.data)
-                since_sync += len(c.data)
-                if since_sync >= SYNC_EVERY_BYTES:
-                    session.sync()
-                    since_sync = 0
-        finally:
-            session.sync()
-            self.engine.store.add_traffic(info.round, silo, "up", received)
+        received = 0
+        with self._transfer(silo, context) as progress:
+            try:
+                for msg in request_iterator:
+                    if msg.WhichOneof("body") != "chunk":
+                        raise errors.UpdateRejected("only chunks may follow the Upload header")
+                    c = msg.chunk
+                    session.write(generation, c.offset, c.data, c.crc32)
+                    received += len(c.data)
+                    progress()
+            finally:
+                session.sync()
+                self.engine.store.add_traffic(info.round, silo, "up", received)
         if session.committed < info.size:
             return pb.UploadReply(
                 status=pb.UploadReply.INCOMPLETE,
@@ -232,6 +243,23 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         self.engine.complete_upload(silo, info, session.finalize(), peer_certificate_pem(context))
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
+
+    @contextmanager
+    def _transfer(self, silo: str, context: grpc.ServicerContext) -> Iterator[Callable[[], None]]:
+        """Hold a transfer slot and watch the stream for idleness while it runs."""
+        if self.limits is None:
+            yield lambda: None
+            return
+        limits = self.limits
+        try:
+            with limits.slots.hold(silo):
+                token = limits.watchdog.watch(silo, context.cancel)
+                try:
+                    yield lambda: limits.watchdog.progress(token)
+                finally:
+                    limits.watchdog.release(token)
+        except errors.ResourceExhausted as exc:
+            _abort(context, exc, "transfer")
 
     @translated
     def UploadStatus(

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
   round INTEGER NOT NULL, silo_id TEXT NOT NULL, digest TEXT NOT NULL, path TEXT NOT NULL,
   size INTEGER NOT NULL, num_tokens INTEGER NOT NULL, train_loss REAL, base_eval_loss REAL,
-  train_seconds REAL, accepted_at REAL NOT NULL, PRIMARY KEY (round, silo_id));
+  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, PRIMARY KEY (round, silo_id));
 CREATE TABLE IF NOT EXISTS evals (
   version INTEGER NOT NULL, source TEXT NOT NULL, loss REAL NOT NULL, tokens INTEGER NOT NULL,
   PRIMARY KEY (version, source));
@@ -59,6 +59,8 @@ class UpdateRow:
     base_eval_loss: float | None
     train_seconds: float | None
     accepted_at: float
+    #: L2 norm of the decoded delta.
+    norm: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +172,7 @@ class Store:
         """Record an accepted update; False if (round, silo) already has one (idempotent)."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.round,
                     row.silo_id,
@@ -182,6 +184,7 @@ class Store:
                     row.base_eval_loss,
                     row.train_seconds,
                     row.accepted_at,
+                    row.norm,
                 ),
             )
             return cur.rowcount == 1

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bandwidth.chunking import PartialFile
+from bandwidth.chunking import PartialFile, sha256_file
 from photon.errors import ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
 
@@ -66,8 +66,17 @@ class UploadSession:
         self.silo = silo
         self.info = info
         self.final = final
-        self.partial = PartialFile(
-            final, size=info.size, digest=info.digest, transfer_id=info.transfer_id
+        # Received completely before a crash, but not yet recorded: nothing left to receive.
+        partial = final.with_name(final.name + ".partial")
+        self.complete = (
+            final.exists() and not partial.exists() and sha256_file(final) == info.digest
+        )
+        self.partial = (
+            None
+            if self.complete
+            else PartialFile(
+                final, size=info.size, digest=info.digest, transfer_id=info.transfer_id
+            )
         )
         self._lock = threading.Lock()
         self._generation = 0
@@ -81,7 +90,7 @@ class UploadSession:
     @property
     def committed(self) -> int:
         """The next offset this transfer expects (bytes written; synced at stream end)."""
-        return int(self.partial.received)
+        return self.info.size if self.partial is None else int(self.partial.received)
 
     def write(self, generation: int, offset: int, data: bytes, crc32: int) -> bool:
         with self._lock:
@@ -91,15 +100,18 @@ class UploadSession:
                     transfer_id=self.info.transfer_id,
                     offset=offset,
                 )
+            if self.partial is None:
+                return False
             return bool(self.partial.write_chunk(offset, data, crc32))
 
     def sync(self) -> None:
         with self._lock:
-            self.partial.sync()
+            if self.partial is not None:
+                self.partial.sync()
 
     def finalize(self) -> Path:
         with self._lock:
-            return Path(self.partial.finalize())
+            return self.final if self.partial is None else Path(self.partial.finalize())
 
 
 class UploadRegistry:

@@ -11,6 +11,7 @@
     ├── CodecError                   an object cannot be encoded or decoded (corrupt, bad manifest)
     ├── UpdateRejected               an update failed validation (manifest, finite, norm, round)
     ├── RoundClosed                  an update or task refers to a round that is no longer open
+    ├── ResourceExhausted            a limit (transfers, request rate) refuses the call for now
     └── NotAuthorized                a peer's identity is not allowed to do what it asked
 
 Every error carries an optional `silo` and `round` so a log line can say whose and when. The
@@ -96,6 +97,10 @@ class RoundClosed(PhotonError):
     def __init__(self, message: str, *, open_round: int, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.open_round = open_round
+
+
+class ResourceExhausted(PhotonError):
+    """A resource limit refuses this call for now; the caller should back off and retry."""
 
 
 class NotAuthorized(PhotonError):

@@ -1,0 +1,90 @@
+"""Verification of a fully received update: signature, contents, and outlier norm.
+
+Runs before anything of the update touches the journal or the aggregate. Every verdict, good or
+bad, goes to the audit log; a rejected update's bytes are deleted by the caller.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from pathlib import Path
+
+from aggregator.audit import AuditLog
+from aggregator.config import ServerConfig
+from aggregator.store import Store
+from aggregator.uploads import UploadHeaderInfo
+from aggregator.validate import ModelShapes, validate_update
+from photon.errors import PhotonError, UpdateRejected
+from photon.federation import FederationSpec
+from photon.signing import verify_digest
+
+RECENT = 20
+MIN_HISTORY = 3
+
+
+class UpdateVerifier:
+    def __init__(
+        self,
+        server: ServerConfig,
+        spec: FederationSpec,
+        model: ModelShapes,
+        store: Store,
+        audit: AuditLog,
+    ) -> None:
+        self.server, self.spec, self.model, self.audit = server, spec, model, audit
+        norms = [u.norm for u in store.all_updates() if u.norm is not None]
+        self.recent: deque[float] = deque(norms[-RECENT:], maxlen=RECENT)
+
+    def verify(
+        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None
+    ) -> float:
+        """The update's L2 norm, or UpdateRejected (recorded in the audit log)."""
+        try:
+            self._check_signature(silo, info, peer_cert)
+            norm = validate_update(path, self.model, self.spec)
+            self._check_norm(silo, info.round, norm)
+        except PhotonError as exc:
+            self.record(silo, info, "rejected", str(exc))
+            raise
+        return norm
+
+    def accepted(self, silo: str, info: UploadHeaderInfo, norm: float) -> None:
+        self.recent.append(norm)
+        self.record(silo, info, "accepted")
+
+    def record(self, silo: str, info: UploadHeaderInfo, verdict: str, reason: str = "") -> None:
+        self.audit.record(
+            silo=silo,
+            round=info.round,
+            digest=info.digest,
+            signature=info.signature,
+            verdict=verdict,
+            reason=reason,
+        )
+
+    def _check_signature(self, silo: str, info: UploadHeaderInfo, peer_cert: bytes | None) -> None:
+        if peer_cert is None:  # plaintext (--insecure): no identity to check against
+            return
+        if not self.server.require_signatures and not info.signature:
+            return
+        if not verify_digest(peer_cert, info.digest, info.round, info.signature):
+            raise UpdateRejected(
+                "the update's signature does not verify against the silo's certificate "
+                "(sign the digest with the certificate's key)",
+                silo=silo,
+                round=info.round,
+            )
+
+    def _check_norm(self, silo: str, round_: int, norm: float) -> None:
+        ratio = self.server.max_norm_ratio
+        if ratio <= 0 or len(self.recent) < MIN_HISTORY:
+            return
+        median = statistics.median(self.recent)
+        if norm > ratio * median:
+            raise UpdateRejected(
+                f"update L2 norm {norm:.4g} exceeds {ratio:g}x the median {median:.4g} of "
+                "recently accepted updates (server.max_norm_ratio)",
+                silo=silo,
+                round=round_,
+            )
