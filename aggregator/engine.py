@@ -23,6 +23,7 @@ from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
+from photon.faults import crash_point
 from photon.logs import get_logger
 
 if TYPE_CHECKING:
@@ -251,6 +252,7 @@ class RoundEngine:
             )
             new = self.store.add_update(row)
             if new:
+                crash_point("aggregator.update_recorded")
                 self.verifier.accepted(silo, info, norm)
                 op.reported.add(silo)
                 if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):

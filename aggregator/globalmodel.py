@@ -29,6 +29,7 @@ from aggregator.store import UpdateRow
 from aggregator.strategies import OuterConfig, make_outer
 from bandwidth.codec import write_object
 from photon.federation import FederationSpec
+from photon.faults import crash_point
 from photon.logs import get_logger
 from photon.model import ModelConfig, build_model
 
@@ -101,6 +102,7 @@ class GlobalModel:
     def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
         """Average the updates (token-weighted), take the outer step, commit version + 1."""
         acc = accumulate(updates)
+        crash_point("aggregator.aggregated")
         with self._lock:
             # In place, tensor by tensor, freeing each average once used: memory stays at the
             # parameters plus one accumulator. The checkpoint is the commit point; a crash

@@ -20,6 +20,7 @@ from aggregator.limits import Limits
 from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
+from photon.faults import crash_point
 from photon.logs import get_logger
 from photon.pki import RevocationList
 from photon.tls import peer_certificate_pem, peer_identity
@@ -232,6 +233,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                     session.write(generation, c.offset, c.data, c.crc32)
                     received += len(c.data)
                     progress()
+                    crash_point("aggregator.upload_chunk")
             finally:
                 session.sync()
                 self.engine.store.add_traffic(info.round, silo, "up", received)

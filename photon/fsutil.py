@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from photon.faults import crash_point
+
 
 def fsync_dir(path: Path) -> None:
     """Make a rename or create inside `path` durable."""
@@ -33,6 +35,7 @@ def atomic_open(path: Path, mode: int = 0o644) -> Iterator[BinaryIO]:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point(f"fsutil.before_rename:{path.name}")
         tmp.replace(path)
         fsync_dir(path.parent)
     except BaseException:
@@ -58,6 +61,7 @@ def atomic_write_with(path: Path, writer: Callable[[Path], None]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+        crash_point(f"fsutil.before_rename:{path.name}")
         tmp.replace(path)
         fsync_dir(path.parent)
     except BaseException:

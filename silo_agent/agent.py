@@ -16,6 +16,7 @@ from bandwidth.ratelimit import TokenBucket, parse_rate
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
 from photon.federation import FederationSpec
+from photon.faults import crash_point
 from photon.logs import get_logger
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
@@ -189,6 +190,7 @@ class SiloAgent:
             signature=self._sign(info.digest, task.round),
         )
         self.state.commit_round(task.round, trainer_dir, pending)
+        crash_point("silo.round_committed")
         return pending
 
     def _sign(self, digest: str, round_: int) -> str:

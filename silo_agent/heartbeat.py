@@ -6,6 +6,7 @@ import threading
 
 import grpc
 
+from photon.faults import crash_point
 from photon.logs import get_logger
 from silo_agent.client import AggregatorClient
 
@@ -31,6 +32,7 @@ class Heartbeat:
     def progress(self, step: int, loss: float) -> None:
         """Trainer callback after each inner step."""
         self.step, self.loss = step, loss
+        crash_point("silo.train_step")
 
     def start(self, interval_s: float) -> None:
         interval = max(0.5, interval_s)

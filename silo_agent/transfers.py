@@ -22,6 +22,7 @@ from bandwidth.codec import decode_object
 from bandwidth.ratelimit import TokenBucket
 from photon.errors import ChunkIntegrityError, TransferError
 from photon.fsutil import atomic_write_bytes
+from photon.faults import crash_point
 from photon.logs import get_logger
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient, is_transient, status_of
@@ -132,6 +133,7 @@ def _upload_messages(
     for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
         if limiter is not None:
             limiter.acquire(len(c.data))
+        crash_point("silo.upload_chunk")
         yield pb.UploadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32))
 
 
