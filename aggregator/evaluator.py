@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from photon.data import TokenShards, eval_batches
 
+from photon.data import TokenShards, eval_batches
 from photon.evaluation import evaluate_loss
 from photon.model import ModelConfig, build_model
 

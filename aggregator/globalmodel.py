@@ -28,8 +28,8 @@ from aggregator.checkpoint import (
 from aggregator.store import UpdateRow
 from aggregator.strategies import OuterConfig, make_outer
 from bandwidth.codec import write_object
-from photon.federation import FederationSpec
 from photon.faults import crash_point
+from photon.federation import FederationSpec
 from photon.logs import get_logger
 from photon.model import ModelConfig, build_model
 

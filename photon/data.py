@@ -66,8 +66,9 @@ def iter_documents(input_dir: Path) -> Iterator[tuple[str, str]]:
             try:
                 doc = json.loads(line)["text"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{i + 1}: expected a JSON object with a 'text' "
-                                f"field ({exc})") from exc
+                raise DataError(
+                    f"{path}:{i + 1}: expected a JSON object with a 'text' field ({exc})"
+                ) from exc
             yield f"{rel}:{i}", str(doc)
 
 
@@ -76,9 +77,15 @@ def _in_heldout(source: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(h[:8], "big") / 2**64 < fraction
 
 
-def prepare(input_dir: Path, out_dir: Path, tokenizer: Tokenizer, *,
-            heldout_fraction: float = 0.05, seed: int = 0,
-            max_bytes: int | None = None) -> PrepareReport:
+def prepare(
+    input_dir: Path,
+    out_dir: Path,
+    tokenizer: Tokenizer,
+    *,
+    heldout_fraction: float = 0.05,
+    seed: int = 0,
+    max_bytes: int | None = None,
+) -> PrepareReport:
     """Tokenize every document, append EOS, write the two splits and `meta.json`."""
     if not 0.0 <= heldout_fraction <= 1.0:
         raise DataError("heldout_fraction must be within [0, 1]")
@@ -97,13 +104,21 @@ def prepare(input_dir: Path, out_dir: Path, tokenizer: Tokenizer, *,
             counts[split] += len(ids)
             docs += 1
     if docs == 0:
-        raise DataError(f"no text documents ({', '.join(TEXT_SUFFIXES)}, .jsonl, .gz) "
-                        f"under {input_dir}")
-    meta = {"format_version": FORMAT_VERSION, "tokenizer": tokenizer.name,
-            "tokenizer_digest": tokenizer.digest(), "vocab_size": tokenizer.vocab_size,
-            "dtype": np.dtype(dtype).name, "documents": docs,
-            "train_tokens": counts["train"], "heldout_tokens": counts["heldout"],
-            "heldout_fraction": heldout_fraction, "seed": seed}
+        raise DataError(
+            f"no text documents ({', '.join(TEXT_SUFFIXES)}, .jsonl, .gz) under {input_dir}"
+        )
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "tokenizer": tokenizer.name,
+        "tokenizer_digest": tokenizer.digest(),
+        "vocab_size": tokenizer.vocab_size,
+        "dtype": np.dtype(dtype).name,
+        "documents": docs,
+        "train_tokens": counts["train"],
+        "heldout_tokens": counts["heldout"],
+        "heldout_fraction": heldout_fraction,
+        "seed": seed,
+    }
     atomic_write_bytes(out_dir / "meta.json", json.dumps(meta, indent=2).encode())
     return PrepareReport(out_dir, docs, counts["train"], counts["heldout"])
 
@@ -116,8 +131,10 @@ class TokenShards:
         try:
             self.meta: dict[str, Any] = json.loads((self.dir / "meta.json").read_bytes())
         except FileNotFoundError:
-            raise DataError(f"{self.dir} is not a prepared data folder (no meta.json); run "
-                            f"`photon data prepare --input TEXT_DIR --out {self.dir}`") from None
+            raise DataError(
+                f"{self.dir} is not a prepared data folder (no meta.json); run "
+                f"`photon data prepare --input TEXT_DIR --out {self.dir}`"
+            ) from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{self.dir / 'meta.json'} is corrupt: {exc}") from exc
         self.dtype = np.dtype(str(self.meta.get("dtype", "uint16")))
@@ -128,8 +145,10 @@ class TokenShards:
         expected = int(self.meta.get(f"{split}_tokens", 0))
         size = path.stat().st_size if path.exists() else -1
         if size != expected * self.dtype.itemsize:
-            raise DataError(f"{path} holds {size} bytes, meta.json says {expected} tokens; "
-                            "prepare the folder again")
+            raise DataError(
+                f"{path} holds {size} bytes, meta.json says {expected} tokens; "
+                "prepare the folder again"
+            )
         if expected == 0:
             return np.zeros(0, dtype=self.dtype)
         return np.memmap(path, dtype=self.dtype, mode="r")
@@ -143,20 +162,24 @@ class TokenShards:
             raise DataError(
                 f"{self.dir} was prepared with tokenizer {self.meta.get('tokenizer')!r} "
                 f"(digest {mine[:12]}), but the federation uses digest {digest[:12]}; prepare "
-                "the data again with the federation's tokenizer")
+                "the data again with the federation's tokenizer"
+            )
 
 
 class TokenLoader:
     """Seeded random windows of `seq_len + 1` tokens, a new permutation each epoch."""
 
-    def __init__(self, shards: TokenShards, *, split: str = "train", batch_size: int,
-                 seq_len: int, seed: int) -> None:
+    def __init__(
+        self, shards: TokenShards, *, split: str = "train", batch_size: int, seq_len: int, seed: int
+    ) -> None:
         self.data = shards.tokens(split)
         self.batch_size, self.seq_len, self.seed = batch_size, seq_len, seed
         self.windows = (len(self.data) - 1) // seq_len
         if self.windows < 1:
-            raise DataError(f"the {split} split of {shards.dir} has {len(self.data)} tokens, "
-                            f"fewer than one sequence of {seq_len + 1}; add text")
+            raise DataError(
+                f"the {split} split of {shards.dir} has {len(self.data)} tokens, "
+                f"fewer than one sequence of {seq_len + 1}; add text"
+            )
         self.epoch, self.position = 0, 0
         self._order = self._permutation()
 
@@ -170,7 +193,7 @@ class TokenLoader:
                 self.epoch, self.position = self.epoch + 1, 0
                 self._order = self._permutation()
             start = int(self._order[self.position]) * self.seq_len
-            rows.append(np.asarray(self.data[start:start + self.seq_len + 1], dtype=np.int64))
+            rows.append(np.asarray(self.data[start : start + self.seq_len + 1], dtype=np.int64))
             self.position += 1
         batch = torch.from_numpy(np.stack(rows))
         return batch[:, :-1], batch[:, 1:]
@@ -185,16 +208,22 @@ class TokenLoader:
         self._order = self._permutation()
 
 
-def eval_batches(shards: TokenShards, *, seq_len: int, batch_size: int,
-                 max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    shards: TokenShards, *, seq_len: int, batch_size: int, max_batches: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Sequential held-out windows; raises DataError (when iterated) if the split is empty."""
     data = shards.tokens("heldout")
     windows = (len(data) - 1) // seq_len
     if windows < 1:
-        raise DataError(f"the held-out split of {shards.dir} is empty; prepare with a larger "
-                        "--heldout fraction or more text")
+        raise DataError(
+            f"the held-out split of {shards.dir} is empty; prepare with a larger "
+            "--heldout fraction or more text"
+        )
     starts = [i * seq_len for i in range(min(windows, max_batches * batch_size))]
     for b in range(0, len(starts), batch_size):
-        rows = [np.asarray(data[s:s + seq_len + 1], dtype=np.int64) for s in starts[b:b + batch_size]]
+        rows = [
+            np.asarray(data[s : s + seq_len + 1], dtype=np.int64)
+            for s in starts[b : b + batch_size]
+        ]
         batch = torch.from_numpy(np.stack(rows))
         yield batch[:, :-1], batch[:, 1:]

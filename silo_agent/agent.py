@@ -8,15 +8,15 @@ import time
 from collections.abc import Mapping
 
 import torch
-from photon.data import TokenLoader, TokenShards, eval_batches
 from safetensors.torch import load_file, save_file
 
 from bandwidth.codec import ErrorFeedback, write_object
 from bandwidth.ratelimit import TokenBucket, parse_rate
+from photon.data import TokenLoader, TokenShards, eval_batches
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
-from photon.federation import FederationSpec
 from photon.faults import crash_point
+from photon.federation import FederationSpec
 from photon.logs import get_logger
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest

@@ -97,15 +97,20 @@ class Trainer:
         self.cfg, self.loader = cfg, loader
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
-        self.names = {p: n for n, p in model.named_parameters()}
+        self.names: dict[torch.Tensor, str] = {p: n for n, p in model.named_parameters()}
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(cfg.beta1, cfg.beta2),
+        )
         self.forward: Callable[..., torch.Tensor] = (
-            torch.compile(model.loss) if cfg.compile else model.loss)  # type: ignore[assignment]
+            torch.compile(model.loss) if cfg.compile else model.loss
+        )
 
     def begin_round(self) -> None:
         """Forget the AdamW moments (the `reset_optimizer` switch)."""
@@ -116,8 +121,9 @@ class Trainer:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train(self, steps: int, global_step: int,
-              on_step: Callable[[int, float], None] | None = None) -> TrainStats:
+    def train(
+        self, steps: int, global_step: int, on_step: Callable[[int, float], None] | None = None
+    ) -> TrainStats:
         self.model.train()
         started, losses = time.monotonic(), []
         for i in range(steps):
@@ -129,9 +135,13 @@ class Trainer:
                 on_step(global_step + i + 1, loss)
         seconds = time.monotonic() - started
         tokens = steps * self.cfg.grad_accum * self.cfg.batch_size * self.cfg.seq_len
-        return TrainStats(mean_loss=sum(losses) / max(1, len(losses)),
-                          last_loss=losses[-1] if losses else math.nan, tokens=tokens,
-                          seconds=seconds, tokens_per_s=tokens / seconds if seconds else 0.0)
+        return TrainStats(
+            mean_loss=sum(losses) / max(1, len(losses)),
+            last_loss=losses[-1] if losses else math.nan,
+            tokens=tokens,
+            seconds=seconds,
+            tokens_per_s=tokens / seconds if seconds else 0.0,
+        )
 
     def _step(self) -> float:
         total = 0.0

@@ -21,8 +21,8 @@ from bandwidth.chunking import PartialFile, iter_file_chunks
 from bandwidth.codec import decode_object
 from bandwidth.ratelimit import TokenBucket
 from photon.errors import ChunkIntegrityError, TransferError
-from photon.fsutil import atomic_write_bytes
 from photon.faults import crash_point
+from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient, is_transient, status_of

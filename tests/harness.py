@@ -22,8 +22,26 @@ from photon.data import prepare
 from photon.pki import init_federation
 from photon.tokenizer import ByteTokenizer
 
-WORDS = ("federated training shares model deltas never data silo aggregator round "
-         "token weight gradient optimizer checkpoint stream chunk digest").split()
+WORDS = [
+    "federated",
+    "training",
+    "shares",
+    "model",
+    "deltas",
+    "never",
+    "data",
+    "silo",
+    "aggregator",
+    "round",
+    "token",
+    "weight",
+    "gradient",
+    "optimizer",
+    "checkpoint",
+    "stream",
+    "chunk",
+    "digest",
+]
 
 
 def free_port() -> int:
@@ -57,8 +75,11 @@ class Federation:
             args.append("--exit-when-done")
         (self.root / "aggregator.port").unlink(missing_ok=True)
         proc = self._spawn("aggregator", args)
-        wait_for(lambda: (self.root / "aggregator.port").exists() or proc.poll() is not None,
-                 60, "aggregator to listen")
+        wait_for(
+            lambda: (self.root / "aggregator.port").exists() or proc.poll() is not None,
+            60,
+            "aggregator to listen",
+        )
         assert proc.poll() is None, self.log("aggregator")
         return proc
 
@@ -68,8 +89,13 @@ class Federation:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "photon", *args, "--log-format", "json"],
-                                cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "photon", *args, "--log-format", "json"],
+            cwd=self.root,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         log.close()
         self.procs[name] = proc
         return proc
@@ -92,8 +118,9 @@ class Federation:
             try:
                 codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                raise AssertionError(f"{name} still running after {timeout}s:\n"
-                                     f"{self.log(name)}") from None
+                raise AssertionError(
+                    f"{name} still running after {timeout}s:\n{self.log(name)}"
+                ) from None
         return codes
 
     def stop_all(self) -> None:
@@ -116,15 +143,28 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
         time.sleep(interval)
 
 
-def make_federation(root: Path, *, silos: int = 2, rounds: int = 2, local_steps: int = 3,
-                    codec: str = "fp32", extra_rounds: str = "", extra_server: str = "",
-                    extra_federation: str = "") -> Federation:
+def make_federation(
+    root: Path,
+    *,
+    silos: int = 2,
+    rounds: int = 2,
+    local_steps: int = 3,
+    codec: str = "fp32",
+    extra_rounds: str = "",
+    extra_server: str = "",
+    extra_federation: str = "",
+) -> Federation:
     names = [f"silo-{i}" for i in range(silos)]
     init_federation(root / "certs", silos=names)
     for i, name in enumerate(names):
         write_corpus(root / "text" / name, seed=i)
-        prepare(root / "text" / name, root / "data" / name, ByteTokenizer(),
-                heldout_fraction=0.2, seed=0)
+        prepare(
+            root / "text" / name,
+            root / "data" / name,
+            ByteTokenizer(),
+            heldout_fraction=0.2,
+            seed=0,
+        )
     port = free_port()
     (root / "aggregator.toml").write_text(f"""
 [server]

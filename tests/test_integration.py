@@ -45,15 +45,18 @@ def test_two_silos_complete_two_rounds_over_mtls(tmp_path: Path) -> None:
     entries, _ = read_audit(fed.state_dir / "audit.jsonl")
     assert all(e["signature"] for e in entries), "every update carries a signature"
     assert not list(fed.state_dir.rglob("*.partial")), "no stray partial files"
-    downloads = [json.loads(line) for line in fed.log("silo-0").splitlines()
-                 if '"global_downloaded"' in line]
+    downloads = [
+        json.loads(line) for line in fed.log("silo-0").splitlines() if '"global_downloaded"' in line
+    ]
     assert [d["delta"] for d in downloads] == [False, True, True], (
-        "version 0 in full, later versions as lossless deltas from the held version")
+        "version 0 in full, later versions as lossless deltas from the held version"
+    )
 
 
 def _join(address: str, creds: grpc.ChannelCredentials | None) -> grpc.RpcError:
-    channel = (grpc.insecure_channel(address) if creds is None
-               else grpc.secure_channel(address, creds))
+    channel = (
+        grpc.insecure_channel(address) if creds is None else grpc.secure_channel(address, creds)
+    )
     with channel:
         stub = pb_grpc.FederationStub(channel)
         with pytest.raises(grpc.RpcError) as info:
@@ -69,12 +72,12 @@ def test_plaintext_foreign_ca_and_revoked_clients_are_refused(tmp_path: Path) ->
         fed.start_aggregator(exit_when_done=False)
         plaintext = _join(address, None)
         assert plaintext.code() == grpc.StatusCode.UNAVAILABLE
-        stranger = _join(address, channel_credentials(
-            TLSFiles.for_silo(foreign.root, "silo-0")))
+        stranger = _join(address, channel_credentials(TLSFiles.for_silo(foreign.root, "silo-0")))
         assert stranger.code() == grpc.StatusCode.UNAVAILABLE
         (tmp_path / "certs" / "revoked.txt").write_text("silo-0\n")
-        revoked = _join(address, channel_credentials(
-            TLSFiles.for_silo(tmp_path / "certs", "silo-0")))
+        revoked = _join(
+            address, channel_credentials(TLSFiles.for_silo(tmp_path / "certs", "silo-0"))
+        )
         assert revoked.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "revoked" in (revoked.details() or "")
     finally:

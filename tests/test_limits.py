@@ -28,11 +28,13 @@ from tests.harness import make_federation
 def test_transfer_slots_cap_per_silo_and_in_total() -> None:
     slots = TransferSlots(per_silo=1, total=2)
     with slots.hold("a"):
-        with pytest.raises(ResourceExhausted, match="'a' already has 1 transfers"), \
-                slots.hold("a"):
+        with pytest.raises(ResourceExhausted, match="'a' already has 1 transfers"), slots.hold("a"):
             pass
-        with slots.hold("b"), pytest.raises(ResourceExhausted, match="2 transfers in flight"), \
-                slots.hold("c"):
+        with (
+            slots.hold("b"),
+            pytest.raises(ResourceExhausted, match="2 transfers in flight"),
+            slots.hold("c"),
+        ):
             pass
     with slots.hold("a"):  # released on exit
         pass
@@ -74,16 +76,24 @@ class _Shapes:
 def test_outlier_norm_is_rejected_and_audited(tmp_path: Path) -> None:
     server = ServerConfig(state_dir=tmp_path, insecure=True, max_norm_ratio=3.0)
     audit = AuditLog(tmp_path / "audit.jsonl")
-    verifier = UpdateVerifier(server, FederationSpec(), _Shapes(), Store(tmp_path / "j.db"),
-                              audit)
+    verifier = UpdateVerifier(server, FederationSpec(), _Shapes(), Store(tmp_path / "j.db"), audit)
     verifier.recent.extend([1.0, 1.2, 0.9])
 
     def update(value: float) -> tuple[UploadHeaderInfo, Path]:
         path = tmp_path / f"{value}.upd"
         info = write_object(path, {"w": torch.full((4,), value)}, "fp32")
-        return UploadHeaderInfo(transfer_id="t", round=0, base_version=0, digest=info.digest,
-                                size=info.size, offset=0, num_tokens=1, train_loss=None,
-                                base_eval_loss=None, train_seconds=0.0), path
+        return UploadHeaderInfo(
+            transfer_id="t",
+            round=0,
+            base_version=0,
+            digest=info.digest,
+            size=info.size,
+            offset=0,
+            num_tokens=1,
+            train_loss=None,
+            base_eval_loss=None,
+            train_seconds=0.0,
+        ), path
 
     header, path = update(0.5)  # norm 1.0: fine
     assert verifier.verify("s", header, path, None) == pytest.approx(1.0)
@@ -94,8 +104,7 @@ def test_outlier_norm_is_rejected_and_audited(tmp_path: Path) -> None:
 
 
 def test_slow_loris_upload_stream_is_cancelled(tmp_path: Path) -> None:
-    fed = make_federation(tmp_path, silos=1, rounds=1,
-                          extra_server="stream_idle_timeout_s = 1.0")
+    fed = make_federation(tmp_path, silos=1, rounds=1, extra_server="stream_idle_timeout_s = 1.0")
     try:
         fed.start_aggregator(exit_when_done=False)
         creds = channel_credentials(TLSFiles.for_silo(tmp_path / "certs", "silo-0"))
@@ -107,9 +116,17 @@ def test_slow_loris_upload_stream_is_cancelled(tmp_path: Path) -> None:
             stop = threading.Event()
 
             def stalled() -> object:
-                yield pb.UploadChunk(header=pb.UploadHeader(
-                    transfer_id="stall", round=0, base_version=0, digest="0" * 64,
-                    size=1000, offset=0, num_tokens=1))
+                yield pb.UploadChunk(
+                    header=pb.UploadHeader(
+                        transfer_id="stall",
+                        round=0,
+                        base_version=0,
+                        digest="0" * 64,
+                        size=1000,
+                        offset=0,
+                        num_tokens=1,
+                    )
+                )
                 stop.wait(30)  # never send a chunk
 
             started = time.monotonic()
