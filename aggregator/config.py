@@ -51,6 +51,8 @@ class ServerConfig:
     max_requests_per_s: float = 20.0
     #: Cancel a stream that moves no bytes for this many seconds (slow-loris defence).
     stream_idle_timeout_s: float = 120.0
+    #: host:port of the Prometheus /metrics endpoint ("" disables it).
+    metrics_listen: str = ""
     #: Reject an update whose L2 norm exceeds this multiple of the median of recently
     #: accepted updates (needs 3 of them first); 0 disables outlier rejection.
     max_norm_ratio: float = 0.0

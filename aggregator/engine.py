@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aggregator.audit import AuditLog
 from aggregator.config import AggregatorConfig
@@ -418,7 +418,7 @@ class RoundEngine:
             self._evaluate(self.model.version)
 
     # -- status -------------------------------------------------------------------------------
-    def status(self) -> dict[str, object]:
+    def status(self) -> dict[str, Any]:
         """A snapshot for operators: round, silos and their liveness."""
         with self._cond:
             now = self.clock()

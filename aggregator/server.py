@@ -15,13 +15,15 @@ from aggregator.engine import RoundEngine
 from aggregator.evaluator import Evaluator
 from aggregator.globalmodel import GlobalModel
 from aggregator.limits import Limits
+from aggregator.metrics import AggregatorMetrics
 from aggregator.servicer import FederationServicer
 from aggregator.store import Store
-from aggregator.summary import AGGREGATOR_EVAL, build_summary, write_summary
+from aggregator.summary import AGGREGATOR_EVAL, build_summary, eval_by_version, write_summary
 from photon.errors import ConfigError
 from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
+from photon.metrics_http import serve_metrics
 from photon.model import preset
 from photon.pki import RevocationList, revocation_path
 from photon.tls import TLSFiles, server_credentials
@@ -68,6 +70,8 @@ class AggregatorDaemon:
             requests_per_s=srv.max_requests_per_s,
             idle_s=srv.stream_idle_timeout_s,
         )
+        self.metrics = AggregatorMetrics(self.engine, self.store, self._last_eval)
+        self.metrics_server: Any = None
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port = 0
@@ -121,6 +125,7 @@ class AggregatorDaemon:
             status=self.status,
             revocations=self._revocations(),
             limits=self.limits,
+            metrics=self.metrics,
         )
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
@@ -139,6 +144,9 @@ class AggregatorDaemon:
             raise ConfigError(f"could not listen on {srv.listen}: address in use or invalid")
         server.start()
         self.server = server
+        served = serve_metrics(srv.metrics_listen, self.metrics.registry)
+        if served is not None:
+            self.metrics_server, self.metrics_port = served
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if srv.port_file is not None:
@@ -191,12 +199,19 @@ class AggregatorDaemon:
         certs = self.cfg.server.certs_dir
         return None if certs is None else RevocationList(revocation_path(certs))
 
+    def _last_eval(self) -> float | None:
+        evals = eval_by_version(self.store)
+        return evals.get(self.model.version)
+
     def _evaluated(self) -> set[int]:
         return {v for v, src, _, _ in self.store.evals() if src == AGGREGATOR_EVAL}
 
     def shutdown(self, grace: float = 5.0) -> None:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server = None
         if self.server is not None:
             self.engine.wake()
             self.server.stop(grace).wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -17,6 +18,7 @@ import grpc
 
 from aggregator.engine import RoundEngine
 from aggregator.limits import Limits
+from aggregator.metrics import AggregatorMetrics
 from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
@@ -91,10 +93,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         status: Callable[[], dict[str, Any]] | None = None,
         revocations: RevocationList | None = None,
         limits: Limits | None = None,
+        metrics: AggregatorMetrics | None = None,
     ) -> None:
         self.engine = engine
         self.revocations = revocations
         self.limits = limits
+        self.metrics = metrics
         self.status = status or engine.status
         self.chunk_bytes = chunk_bytes
         self.long_poll_s = long_poll_s
@@ -199,7 +203,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         )
         sent = 0
-        with self._transfer(silo, context) as progress:
+        with self._transfer(silo, "down", context) as progress:
             try:
                 for c in iter_file_chunks(
                     pub.path, start=request.offset, chunk_size=self.chunk_bytes
@@ -224,7 +228,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         session = self.engine.begin_upload(silo, info)
         generation = session.claim()
         received = 0
-        with self._transfer(silo, context) as progress:
+        with self._transfer(silo, "up", context) as progress:
             try:
                 for msg in request_iterator:
                     if msg.WhichOneof("body") != "chunk":
@@ -247,13 +251,16 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
 
     @contextmanager
-    def _transfer(self, silo: str, context: grpc.ServicerContext) -> Iterator[Callable[[], None]]:
+    def _transfer(
+        self, silo: str, direction: str, context: grpc.ServicerContext
+    ) -> Iterator[Callable[[], None]]:
         """Hold a transfer slot and watch the stream for idleness while it runs."""
-        if self.limits is None:
-            yield lambda: None
-            return
-        limits = self.limits
+        started = time.monotonic()
         try:
+            if self.limits is None:
+                yield lambda: None
+                return
+            limits = self.limits
             with limits.slots.hold(silo):
                 token = limits.watchdog.watch(silo, context.cancel)
                 try:
@@ -262,6 +269,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     limits.watchdog.release(token)
         except errors.ResourceExhausted as exc:
             _abort(context, exc, "transfer")
+        finally:
+            if self.metrics is not None:
+                self.metrics.transfer_seconds.labels(direction).observe(time.monotonic() - started)
 
     @translated
     def UploadStatus(

@@ -49,14 +49,19 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
     for round_, silo, direction, nbytes in store.traffic():
         traffic[round_][silo][direction] = nbytes
     rows: list[dict[str, Any]] = []
+    silo_evals = {(v, src): loss for v, src, loss, _ in store.evals() if src != AGGREGATOR_EVAL}
     for r in store.rounds():
         if r.closed_at is None:
             continue
         updates = {u.silo_id: u for u in store.updates(r.round)}
+        eval_loss = _num(evals.get(r.round + 1))
         silos = {
             s: {
                 "train_loss": u.train_loss,
                 "tokens": u.num_tokens,
+                "tokens_per_s": _rate(u.num_tokens, u.train_seconds),
+                "update_norm": _num(u.norm),
+                "eval_loss": _num(silo_evals.get((r.round + 1, s))),
                 "bytes_up": traffic[r.round][s].get("up", 0),
                 "bytes_down": traffic[r.round][s].get("down", 0),
             }
@@ -66,7 +71,8 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
             {
                 "round": r.round,
                 "version": r.round + 1,
-                "eval_loss": _num(evals.get(r.round + 1)),
+                "eval_loss": eval_loss,
+                "eval_perplexity": _ppl(eval_loss),
                 "bytes_up": sum(d.get("up", 0) for d in traffic[r.round].values()),
                 "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
                 "seconds": round(r.closed_at - r.opened_at, 3),
@@ -91,6 +97,7 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
         "done": model.version >= spec.rounds,
         "initial_eval_loss": _num(evals.get(0)),
         "final_eval_loss": _num(evals.get(model.version)),
+        "final_eval_perplexity": _ppl(_num(evals.get(model.version))),
         "checkpoint": str(model.checkpoint_path),
         "param_digest": model.digest(),
         "bytes_up_total": up,
@@ -99,6 +106,14 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
         "comm_reduction_vs_ddp": round(ddp / (up + down), 2) if up + down else None,
         "rounds": rows,
     }
+
+
+def _ppl(loss: float | None) -> float | None:
+    return None if loss is None else round(math.exp(min(loss, 50.0)), 4)
+
+
+def _rate(tokens: int, seconds: float | None) -> float | None:
+    return round(tokens / seconds, 1) if seconds else None
 
 
 def _num(x: float | None) -> float | None:

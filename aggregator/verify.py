@@ -7,10 +7,10 @@ bad, goes to the audit log; a rejected update's bytes are deleted by the caller.
 from __future__ import annotations
 
 import statistics
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 
-from aggregator.audit import AuditLog
+from aggregator.audit import AuditLog, read_audit
 from aggregator.config import ServerConfig
 from aggregator.store import Store
 from aggregator.uploads import UploadHeaderInfo
@@ -35,6 +35,8 @@ class UpdateVerifier:
         self.server, self.spec, self.model, self.audit = server, spec, model, audit
         norms = [u.norm for u in store.all_updates() if u.norm is not None]
         self.recent: deque[float] = deque(norms[-RECENT:], maxlen=RECENT)
+        entries, _ = read_audit(audit.path)
+        self.counts: Counter[str] = Counter(str(e.get("verdict")) for e in entries)
 
     def verify(
         self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None
@@ -54,6 +56,7 @@ class UpdateVerifier:
         self.record(silo, info, "accepted")
 
     def record(self, silo: str, info: UploadHeaderInfo, verdict: str, reason: str = "") -> None:
+        self.counts[verdict] += 1
         self.audit.record(
             silo=silo,
             round=info.round,

@@ -103,10 +103,10 @@ def prepare(
             (held if split == "heldout" else train).write(ids.tobytes())
             counts[split] += len(ids)
             docs += 1
-    if docs == 0:
-        raise DataError(
-            f"no text documents ({', '.join(TEXT_SUFFIXES)}, .jsonl, .gz) under {input_dir}"
-        )
+        if docs == 0:  # raised inside the `with`: earlier shards in out_dir stay untouched
+            raise DataError(
+                f"no text documents ({', '.join(TEXT_SUFFIXES)}, .jsonl, .gz) under {input_dir}"
+            )
     meta = {
         "format_version": FORMAT_VERSION,
         "tokenizer": tokenizer.name,

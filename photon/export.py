@@ -135,7 +135,7 @@ def export_hf(
         eos_token_id = ByteTokenizer.eos_id if eos_token_id is None else eos_token_id
     tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in params.items()}
     out_dir = Path(out_dir)
-    meta = {"format": "pt", "photon_version": ckpt.meta.get("version", "")}
+    meta = {"format": "pt", "photon_checkpoint_version": ckpt.meta.get("version", "")}
     atomic_write_with(
         out_dir / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp), metadata=meta)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,6 +18,7 @@ from photon.evaluation import evaluate_loss
 from photon.faults import crash_point
 from photon.federation import FederationSpec
 from photon.logs import get_logger
+from photon.metrics_http import serve_metrics
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
@@ -25,8 +26,10 @@ from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
 from silo_agent.heartbeat import Heartbeat
+from silo_agent.metrics import SiloMetrics
+from silo_agent.progress import Progress
 from silo_agent.state import SiloState
-from silo_agent.trainer import Trainer, TrainerConfig
+from silo_agent.trainer import Trainer, TrainerConfig, TrainStats
 from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
 
 log = get_logger("silo_agent")
@@ -62,6 +65,8 @@ class SiloAgent:
         self.up_limit = _bucket(cfg.transfer.max_upload_rate)
         self.down_limit = _bucket(cfg.transfer.max_download_rate)
         self.heartbeat = Heartbeat(self.client)
+        self.metrics = SiloMetrics()
+        serve_metrics(cfg.silo.metrics_listen, self.metrics.registry)
 
     def run(self) -> int:
         """Work until the federation is done (exit code 0) or `stop` is set."""
@@ -115,9 +120,10 @@ class SiloAgent:
         params = self._global(task.base_version)
         base_eval = self._evaluate(params)
         self.heartbeat.set(round_=task.round, phase="train")
+        self.metrics.round.set(task.round)
         trainer = self._trainer(params)
         started = time.monotonic()
-        stats = trainer.train(task.local_steps, task.global_step, on_step=self.heartbeat.progress)
+        stats = self._train(trainer, task)
         log.info(
             "local_training_done",
             round=task.round,
@@ -137,6 +143,30 @@ class SiloAgent:
             time.monotonic() - started,
         )
         self._upload(pending)
+
+    def _train(self, trainer: Trainer, task: pb.Task) -> TrainStats:
+        """Local steps, reporting progress to the heartbeat, metrics and a bar or log lines."""
+        bar = Progress("train", task.local_steps, "step")
+
+        def on_step(step: int, loss: float) -> None:
+            self.heartbeat.progress(step, loss)
+            self.metrics.step.set(step)
+            self.metrics.loss.set(loss)
+            bar.update(1, loss=loss)
+
+        try:
+            stats = trainer.train(task.local_steps, task.global_step, on_step=on_step)
+        finally:
+            bar.close()
+        self.metrics.tokens_per_s.set(stats.tokens_per_s)
+        return stats
+
+    def _counter(self, bar: Progress, direction: str) -> Callable[[int], None]:
+        def count(n: int) -> None:
+            bar.update(n)
+            self.metrics.bytes.labels(direction).inc(n)
+
+        return count
 
     def _trainer(self, params: Mapping[str, torch.Tensor]) -> Trainer:
         self.model.load_state_dict(dict(params))
@@ -211,9 +241,18 @@ class SiloAgent:
 
     def _upload(self, pending: PendingUpdate) -> None:
         self.heartbeat.set(round_=pending.round, phase="upload")
-        outcome = upload(
-            self.client, pending, chunk_bytes=self.cfg.transfer.chunk_bytes, limiter=self.up_limit
-        )
+        bar = Progress("upload", pending.size, "B")
+        try:
+            outcome = upload(
+                self.client,
+                pending,
+                chunk_bytes=self.cfg.transfer.chunk_bytes,
+                limiter=self.up_limit,
+                on_chunk=self._counter(bar, "up"),
+            )
+        finally:
+            bar.close()
+        self.metrics.rounds.labels(outcome.value).inc()
         log.info("upload_finished", round=pending.round, outcome=outcome.value, bytes=pending.size)
         if outcome is UploadOutcome.REJECTED:
             log.error(
@@ -230,9 +269,18 @@ class SiloAgent:
             return held[1]
         self.heartbeat.set(phase="download")
         base = held if held is not None and held[0] == version - 1 else None
-        params = download(
-            self.client, version, self.state.root / "downloads", base=base, limiter=self.down_limit
-        )
+        bar = Progress("download", 0, "B")
+        try:
+            params = download(
+                self.client,
+                version,
+                self.state.root / "downloads",
+                base=base,
+                limiter=self.down_limit,
+                on_chunk=self._counter(bar, "down"),
+            )
+        finally:
+            bar.close()
         self.state.save_global(version, params)
         log.info("global_downloaded", version=version, delta=base is not None)
         return params

@@ -36,6 +36,8 @@ class SiloSection:
     threads: int = 0
     #: "auto" (CUDA when present), "cpu" or "cuda".
     device: str = "auto"
+    #: host:port of the Prometheus /metrics endpoint ("" disables it).
+    metrics_listen: str = ""
 
     def __post_init__(self) -> None:
         if ":" not in self.aggregator:

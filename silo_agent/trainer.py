@@ -179,5 +179,6 @@ class Trainer:
         for key, value in tensors.items():
             kind, name = key.split("/", 1)
             param = by_name[name]
-            self.optimizer.state[param][kind] = value.to(param.device)
+            # AdamW hosts `step` on the CPU unless fused/capturable (as its load_state_dict does)
+            self.optimizer.state[param][kind] = value if kind == "step" else value.to(param.device)
         self.loader.load_state_dict(meta["loader"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,6 +50,20 @@ class PendingUpdate:
         return asdict(self)
 
 
+#: Called with the size of every chunk sent or received: pacing, progress, metrics.
+ChunkHook = Callable[[int], None]
+
+
+def _hook(limiter: TokenBucket | None, on_chunk: ChunkHook | None) -> ChunkHook:
+    def hook(n: int) -> None:
+        if limiter is not None:
+            limiter.acquire(n)
+        if on_chunk is not None:
+            on_chunk(n)
+
+    return hook
+
+
 class UploadOutcome(enum.Enum):
     ACCEPTED = "accepted"
     ROUND_CLOSED = "round_closed"
@@ -74,11 +88,12 @@ def upload(
     *,
     chunk_bytes: int,
     limiter: TokenBucket | None = None,
+    on_chunk: ChunkHook | None = None,
 ) -> UploadOutcome:
     """Upload `pending` until accepted; say so if the round closed or the update is refused."""
     try:
         client.retrier.call(
-            lambda: _upload_once(client, pending, chunk_bytes, limiter),
+            lambda: _upload_once(client, pending, chunk_bytes, _hook(limiter, on_chunk)),
             retryable=_retry_upload,
             what="Upload",
         )
@@ -97,7 +112,7 @@ def upload(
 
 
 def _upload_once(
-    client: AggregatorClient, p: PendingUpdate, chunk_bytes: int, limiter: TokenBucket | None
+    client: AggregatorClient, p: PendingUpdate, chunk_bytes: int, hook: ChunkHook
 ) -> None:
     start = int(client.upload_status(p.transfer_id).committed_offset)
     if start > p.size:
@@ -105,7 +120,7 @@ def _upload_once(
     if start:
         log.info("upload_resuming", transfer_id=p.transfer_id, offset=start, size=p.size)
     reply = client.stub.Upload(
-        _upload_messages(p, start, chunk_bytes, limiter), metadata=client.metadata
+        _upload_messages(p, start, chunk_bytes, hook), metadata=client.metadata
     )
     if reply.status != pb.UploadReply.ACCEPTED:
         raise _Incomplete(f"committed {reply.committed_offset} of {p.size}")
@@ -113,7 +128,7 @@ def _upload_once(
 
 
 def _upload_messages(
-    p: PendingUpdate, start: int, chunk_bytes: int, limiter: TokenBucket | None
+    p: PendingUpdate, start: int, chunk_bytes: int, hook: ChunkHook
 ) -> Iterator[pb.UploadChunk]:
     yield pb.UploadChunk(
         header=pb.UploadHeader(
@@ -131,8 +146,7 @@ def _upload_messages(
         )
     )
     for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
-        if limiter is not None:
-            limiter.acquire(len(c.data))
+        hook(len(c.data))
         crash_point("silo.upload_chunk")
         yield pb.UploadChunk(chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32))
 
@@ -144,12 +158,13 @@ def download(
     *,
     base: tuple[int, Mapping[str, torch.Tensor]] | None = None,
     limiter: TokenBucket | None = None,
+    on_chunk: ChunkHook | None = None,
 ) -> dict[str, torch.Tensor]:
     """Fetch global `version` (as a lossless delta from `base` when the aggregator has it)."""
     dest.mkdir(parents=True, exist_ok=True)
     have = base[0] if base is not None else -1
     path, header = client.retrier.call(
-        lambda: _download_once(client, version, have, dest, limiter),
+        lambda: _download_once(client, version, have, dest, _hook(limiter, on_chunk)),
         retryable=lambda e: is_transient(e) or isinstance(e, TransferError),
         what="Download",
     )
@@ -165,7 +180,7 @@ def download(
 
 
 def _download_once(
-    client: AggregatorClient, version: int, have: int, dest: Path, limiter: TokenBucket | None
+    client: AggregatorClient, version: int, have: int, dest: Path, hook: ChunkHook
 ) -> tuple[Path, pb.ObjectHeader]:
     known = _known_download(dest, version)
     offset = known[1] if known else 0
@@ -189,11 +204,10 @@ def _download_once(
     try:
         for msg in stream:
             c = msg.chunk
-            if limiter is not None:
-                limiter.acquire(len(c.data))
+            hook(len(c.data))
             part.write_chunk(c.offset, c.data, c.crc32)
     finally:
-        part.sync()
+        part.close()
     return Path(part.finalize()), h
 
 

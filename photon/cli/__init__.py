@@ -23,6 +23,9 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("photon.cli.report", "report"),
     ("photon.cli.config", "config"),
     ("photon.cli.audit", "audit"),
+    ("photon.cli.export", "export"),
+    ("photon.cli.export", "generate"),
+    ("photon.cli.train", "train"),
 )
 
 
