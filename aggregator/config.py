@@ -5,6 +5,7 @@
 [outer]       the outer optimizer (see aggregator.strategies.OuterConfig)
 [eval]        optional operator-held evaluation data
 [federation]  the federation spec every silo receives (photon.federation.FederationSpec)
+[privacy]     optional central differential privacy (aggregator.privacy.PrivacyConfig)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.privacy import PrivacyConfig
 from aggregator.strategies import OuterConfig
 from photon.configload import apply_env_overrides, from_mapping, read_toml
 from photon.errors import ConfigError
@@ -121,6 +123,7 @@ class AggregatorConfig:
     outer: OuterConfig = field(default_factory=OuterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     federation: FederationSpec = field(default_factory=FederationSpec)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         if self.rounds.silos_per_round and self.rounds.silos_per_round < self.rounds.min_silos:

@@ -25,6 +25,7 @@ from aggregator.checkpoint import (
     prune,
     save_checkpoint,
 )
+from aggregator.privacy import PrivacyConfig, add_noise, noise_generator
 from aggregator.store import UpdateRow
 from aggregator.strategies import OuterConfig, make_outer
 from bandwidth.codec import write_object
@@ -55,8 +56,10 @@ class GlobalModel:
         outer: OuterConfig,
         *,
         keep_checkpoints: int = 0,
+        privacy: PrivacyConfig | None = None,
     ) -> None:
         self.spec = spec
+        self.privacy = privacy or PrivacyConfig()
         self.ckpt_dir = state_dir / "checkpoints"
         self.pub_dir = state_dir / "published"
         self.pub_dir.mkdir(parents=True, exist_ok=True)
@@ -101,14 +104,24 @@ class GlobalModel:
     # -- one round --------------------------------------------------------------------------
     def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
         """Average the updates (token-weighted), take the outer step, commit version + 1."""
-        acc = accumulate(updates)
+        dp = self.privacy if self.privacy.enabled else None
+        acc = accumulate(updates, clip_norm=dp.clip_norm if dp else None)
         crash_point("aggregator.aggregated")
         with self._lock:
             # In place, tensor by tensor, freeing each average once used: memory stays at the
             # parameters plus one accumulator. The checkpoint is the commit point; a crash
             # before it restarts from the previous checkpoint.
             for name in sorted(self.params):
-                self.outer.step(name, self.params[name], acc.pop(name), round_)
+                average = acc.pop(name)
+                if dp is not None:
+                    add_noise(
+                        average,
+                        clip_norm=dp.clip_norm,
+                        noise_multiplier=dp.noise_multiplier,
+                        n_updates=len(updates),
+                        generator=noise_generator(dp.seed, round_, name),
+                    )
+                self.outer.step(name, self.params[name], average, round_)
             self.version += 1
             self.checkpoint_path = self._save(round_)
         self.publish()

@@ -59,7 +59,11 @@ class AggregatorDaemon:
         resolve_spec(cfg.federation)
         self._check_same_federation()
         self.model = GlobalModel(
-            state_dir, cfg.federation, cfg.outer, keep_checkpoints=cfg.server.keep_checkpoints
+            state_dir,
+            cfg.federation,
+            cfg.outer,
+            keep_checkpoints=cfg.server.keep_checkpoints,
+            privacy=cfg.privacy,
         )
         self.evaluator = self._make_evaluator()
         self.engine = RoundEngine(cfg, self.store, self.model, evaluate=self._evaluate)
@@ -108,7 +112,19 @@ class AggregatorDaemon:
             loss, tokens = self.evaluator.loss(self.model.params)
             self.store.add_eval(version, AGGREGATOR_EVAL, loss, tokens)
             log.info("global_eval", version=version, eval_loss=round(loss, 4), tokens=tokens)
-        write_summary(self.summary_path, build_summary(self.store, self.model, self.cfg.federation))
+        summary = build_summary(self.store, self.model, self.cfg.federation)
+        write_summary(self.summary_path, summary)
+        if summary["rounds"]:
+            last = summary["rounds"][-1]
+            log.info(
+                "round_record",
+                round=last["round"],
+                eval_loss=last["eval_loss"],
+                bytes_up=last["bytes_up"],
+                bytes_down=last["bytes_down"],
+                ddp_equivalent_bytes=last["ddp_equivalent_bytes"],
+                epsilon=last["epsilon"],
+            )
 
     # -- serving ----------------------------------------------------------------------------
     def start(self) -> int:

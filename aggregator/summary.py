@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.globalmodel import GlobalModel
+from aggregator.privacy import PrivacyAccountant, PrivacyConfig
 from aggregator.store import Store
 from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes
@@ -41,6 +42,26 @@ def ddp_equivalent_bytes(num_params: int, steps: int, workers: int) -> int:
     worker sends its fp32 gradient and receives fp32 parameters (parameter-server accounting,
     2 x 4 bytes x parameters; a ring all-reduce moves about the same)."""
     return 2 * 4 * num_params * steps * workers
+
+
+def privacy_summary(privacy: PrivacyConfig, rounds: int) -> dict[str, Any] | None:
+    """ε spent after `rounds` noised rounds (RDP accountant of dp-accounting), or None."""
+    if not privacy.enabled:
+        return None
+    accountant = PrivacyAccountant(privacy.noise_multiplier, privacy.delta)
+    accountant.step(rounds)
+    return {
+        "epsilon": accountant.epsilon() if rounds else 0.0,
+        "delta": privacy.delta,
+        "noise_multiplier": privacy.noise_multiplier,
+        "clip_norm": privacy.clip_norm,
+        "rounds": rounds,
+    }
+
+
+def _epsilon(privacy: PrivacyConfig, rounds: int) -> float | None:
+    spent = privacy_summary(privacy, rounds)
+    return None if spent is None else round(float(spent["epsilon"]), 6)
 
 
 def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dict[str, Any]:
@@ -77,6 +98,7 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
                 "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
                 "seconds": round(r.closed_at - r.opened_at, 3),
                 "tokens": sum(u.num_tokens for u in updates.values()),
+                "epsilon": _epsilon(model.privacy, r.round + 1),
                 "ddp_equivalent_bytes": ddp_equivalent_bytes(
                     model.num_params, spec.local_steps, len(updates)
                 ),
@@ -103,6 +125,7 @@ def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dic
         "bytes_up_total": up,
         "bytes_down_total": down,
         "ddp_equivalent_bytes_total": ddp,
+        "privacy": privacy_summary(model.privacy, model.version),
         "comm_reduction_vs_ddp": round(ddp / (up + down), 2) if up + down else None,
         "rounds": rows,
     }

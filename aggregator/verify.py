@@ -37,6 +37,7 @@ class UpdateVerifier:
         self.recent: deque[float] = deque(norms[-RECENT:], maxlen=RECENT)
         entries, _ = read_audit(audit.path)
         self.counts: Counter[str] = Counter(str(e.get("verdict")) for e in entries)
+        self._reconcile(store, entries)
 
     def verify(
         self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None
@@ -50,6 +51,26 @@ class UpdateVerifier:
             self.record(silo, info, "rejected", str(exc))
             raise
         return norm
+
+    def _reconcile(self, store: Store, entries: list[dict[str, object]]) -> None:
+        """The journal is the commit point and the audit line follows it; a crash between the
+        two leaves a recorded update without its line, which is written now."""
+        audited = {
+            (e.get("silo"), e.get("round"), e.get("digest"))
+            for e in entries
+            if e.get("verdict") == "accepted"
+        }
+        for u in store.all_updates():
+            if (u.silo_id, u.round, u.digest) not in audited:
+                self.audit.record(
+                    silo=u.silo_id,
+                    round=u.round,
+                    digest=u.digest,
+                    signature=b"",
+                    verdict="accepted",
+                    reason="recorded before a restart",
+                )
+                self.counts["accepted"] += 1
 
     def accepted(self, silo: str, info: UploadHeaderInfo, norm: float) -> None:
         self.recent.append(norm)
