@@ -109,3 +109,23 @@ def test_sigterm_then_restart_continues_without_losing_or_repeating_rounds(
     log = fed.log("aggregator")
     assert '"event": "checkpoint_loaded"' in log, "the restart resumed from the checkpoint"
     assert json.loads((fed.state_dir / "summary.json").read_text())["done"] is True
+
+
+def test_central_dp_federation_reports_epsilon(tmp_path: Path) -> None:
+    fed = make_federation(tmp_path, silos=2, rounds=2)
+    with (tmp_path / "aggregator.toml").open("a") as fh:
+        fh.write("\n[privacy]\nenabled = true\nclip_norm = 0.5\nnoise_multiplier = 0.8\n")
+    try:
+        fed.start_aggregator()
+        for name in fed.silos:
+            fed.start_silo(name)
+        codes = fed.wait_all(timeout=240)
+    finally:
+        fed.stop_all()
+    assert set(codes.values()) == {0}, fed.log("aggregator")
+    summary = fed.summary()
+    privacy = summary["privacy"]
+    assert privacy["rounds"] == 2 and privacy["noise_multiplier"] == 0.8
+    eps = [r["epsilon"] for r in summary["rounds"]]
+    assert 0 < eps[0] < eps[1] == pytest.approx(privacy["epsilon"])
+    assert '"event": "round_record"' in fed.log("aggregator")
