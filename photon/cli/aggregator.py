@@ -7,9 +7,12 @@ from pathlib import Path
 import click
 
 from photon.cli.common import (
+    insecure_environ,
+    insecure_option,
     log_format_option,
     log_level_option,
     photon_errors_as_click,
+    require_flag_for_insecure,
     setup_logs,
     stop_on_signals,
 )
@@ -33,10 +36,13 @@ def aggregator() -> None:
     is_flag=True,
     help="Exit once the last round is aggregated and every silo has left.",
 )
+@insecure_option
 @log_format_option
 @log_level_option
 @photon_errors_as_click
-def serve(config_path: Path, exit_when_done: bool, log_format: str, log_level: str) -> None:
+def serve(
+    config_path: Path, exit_when_done: bool, insecure: bool, log_format: str, log_level: str
+) -> None:
     """Serve a federation until SIGTERM/SIGINT (graceful: finishes the step in progress).
 
     \b
@@ -47,7 +53,8 @@ def serve(config_path: Path, exit_when_done: bool, log_format: str, log_level: s
     from aggregator.config import load_aggregator_config
     from aggregator.server import AggregatorDaemon
 
-    cfg = load_aggregator_config(config_path)
+    cfg = load_aggregator_config(config_path, insecure_environ("server", insecure))
+    require_flag_for_insecure("server", cfg.server.insecure, insecure)
     stop = stop_on_signals()
     daemon = AggregatorDaemon(cfg)
     daemon.start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -28,6 +29,30 @@ log_level_option = click.option(
     default="info",
     show_default=True,
 )
+
+
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext gRPC without certificates: experiments on a trusted host only (logs a "
+    "warning). Required as well when the config file says insecure = true.",
+)
+
+
+def insecure_environ(section: str, insecure: bool) -> dict[str, str]:
+    """The environment to load a config with: --insecure sets `<section>.insecure`."""
+    env = dict(os.environ)
+    if insecure:
+        env[f"PHOTON__{section.upper()}__INSECURE"] = "true"
+    return env
+
+
+def require_flag_for_insecure(section: str, configured: bool, flag: bool) -> None:
+    if configured and not flag:
+        raise PhotonError(
+            f"{section}.insecure = true in the config: plaintext is never a "
+            "default; pass --insecure on the command line to confirm"
+        )
 
 
 def photon_errors_as_click(fn: F) -> F:

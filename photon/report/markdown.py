@@ -25,7 +25,7 @@ def render_markdown(s: RunSummary, images: Mapping[str, str]) -> str:
 def _rows(s: RunSummary) -> list[tuple[str, str]]:
     return [
         ("Federation", s.federation or NA),
-        ("Model", f"preset `{s.preset or NA}`, {_count(s.model_params)} parameters"),
+        ("Model", _model(s.preset, s.model_params)),
         ("Codec", s.codec or NA),
         ("Rounds", _rounds(s)),
         ("Eval loss (initial → final)", _loss_change(s.initial_eval_loss, s.final_eval_loss)),
@@ -36,6 +36,13 @@ def _rows(s: RunSummary) -> list[tuple[str, str]]:
         ("Checkpoint", f"`{s.checkpoint}`" if s.checkpoint else NA),
         ("Summary", f"`{s.path}`"),
     ]
+
+
+def _model(preset: str | None, params: int | None) -> str:
+    parts = ([f"preset `{preset}`"] if preset else []) + (
+        [f"{_count(params)} parameters"] if params is not None else []
+    )
+    return ", ".join(parts) or NA
 
 
 def _rounds(s: RunSummary) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from photon.fsutil import atomic_write_with
 from photon.report import series
@@ -108,8 +108,8 @@ def _bytes_per_round(ax: Axes, s: RunSummary) -> None:
     unit, scale = series.byte_unit(largest)
     ax.set_ylabel(f"Bytes per round ({unit})")
     ax.grid(True, axis="y", alpha=0.3)
-    if not s.rounds:
-        _no_data(ax, "no rounds recorded")
+    if largest <= 0:
+        _no_data(ax, "no traffic recorded")
         return
     x = [r.round for r in s.rounds]
     up = [r.bytes_up / scale for r in s.rounds]
@@ -123,23 +123,38 @@ def _bytes_per_round(ax: Axes, s: RunSummary) -> None:
 def _cumulative_bytes(ax: Axes, s: RunSummary) -> None:
     ax.set_title("Cumulative bytes vs data-parallel", fontsize=10)
     ax.set_xlabel("Rounds completed")
-    ax.set_ylabel("Cumulative bytes (log scale)")
+    ax.set_ylabel("Cumulative bytes")
     _integer_x(ax)
     ax.grid(True, which="both", alpha=0.3)
     ours, ddp = series.cumulative_traffic(s), series.cumulative_ddp(s)
     if not any(v > 0 for v in ours.y):
         _no_data(ax, "no traffic recorded")
         return
-    ax.set_yscale("log")
+    _log_bytes_axis(ax)
     ax.plot(ours.x, ours.y, marker="o", markersize=4, color=UP_COLOR, label="federated (up+down)")
     if ddp is not None and any(v > 0 for v in ddp.y):
-        ax.plot(ddp.x, ddp.y, marker="^", markersize=4, ls="--", color=DDP_COLOR,
-                label="data-parallel equivalent")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _si(v, "B")))
+        ax.plot(
+            ddp.x,
+            ddp.y,
+            marker="^",
+            markersize=4,
+            ls="--",
+            color=DDP_COLOR,
+            label="data-parallel equivalent",
+        )
     if s.comm_reduction_vs_ddp is not None:
-        ax.text(0.98, 0.04, f"{s.comm_reduction_vs_ddp:g}x less than DDP", ha="right",
-                transform=ax.transAxes, fontsize=9)
+        note = f"{s.comm_reduction_vs_ddp:g}x less than DDP"
+        ax.text(0.98, 0.04, note, ha="right", transform=ax.transAxes, fontsize=9)
     ax.legend(loc="upper left", fontsize=8)
+
+
+def _log_bytes_axis(ax: Axes) -> None:
+    """Log-scale y axis labelled at 1, 2, 5 x 10^k bytes (20MB, 50MB, 100MB, ...)."""
+    ax.set_yscale("log")
+    ax.set_ylabel("Cumulative bytes (log scale)")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _si(v, "B")))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _si(value: float, suffix: str = "") -> str:

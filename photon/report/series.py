@@ -39,9 +39,7 @@ def eval_by_tokens(s: RunSummary) -> Series:
     """Global eval loss against cumulative training tokens; the initial loss sits at 0."""
     tokens = cumulative(round_tokens(r) for r in s.rounds)
     points = [
-        (t, r.eval_loss)
-        for t, r in zip(tokens, s.rounds, strict=True)
-        if r.eval_loss is not None
+        (t, r.eval_loss) for t, r in zip(tokens, s.rounds, strict=True) if r.eval_loss is not None
     ]
     return _with_initial(s.initial_eval_loss, points)
 
