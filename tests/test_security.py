@@ -1,0 +1,233 @@
+"""Each bad input and each bad identity through a real mTLS channel: exact status and message,
+and a rejected update leaves the journal, the checkpoints and the published model unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import zlib
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import torch
+
+from aggregator.audit import read_audit
+from aggregator.store import Store
+from bandwidth.codec import encode_object
+from photon.model import build_model, preset
+from photon.pki import issue
+from photon.signing import sign_digest
+from photon.tls import TLSFiles, channel_credentials
+from photon.v1 import federation_pb2 as pb
+from photon.v1 import federation_pb2_grpc as pb_grpc
+from tests.harness import Federation, make_federation
+
+CHUNK = 64 * 1024
+
+
+def _shapes() -> dict[str, torch.Tensor]:
+    return {
+        k: torch.zeros_like(v) for k, v in build_model(preset("tiny", 258), 0).state_dict().items()
+    }
+
+
+class Silo:
+    def __init__(self, fed: Federation, name: str) -> None:
+        self.name = name
+        self.key = fed.root / "certs" / "silos" / f"{name}.key"
+        creds = channel_credentials(TLSFiles.for_silo(fed.root / "certs", name))
+        self.channel = grpc.secure_channel(f"localhost:{fed.port}", creds)
+        self.stub = pb_grpc.FederationStub(self.channel)
+
+    def upload(
+        self,
+        blob: bytes,
+        *,
+        round_: int = 0,
+        base: int = 0,
+        sign_round: int | None = None,
+        size: int | None = None,
+        crc_ok: bool = True,
+        signature: bytes | None = None,
+        transfer: str = "t",
+    ) -> pb.UploadReply:
+        digest = hashlib.sha256(blob).hexdigest()
+        if signature is None:
+            signature = sign_digest(self.key, digest, round_ if sign_round is None else sign_round)
+
+        def messages() -> Iterator[pb.UploadChunk]:
+            yield pb.UploadChunk(
+                header=pb.UploadHeader(
+                    transfer_id=transfer,
+                    round=round_,
+                    base_version=base,
+                    digest=digest,
+                    size=len(blob) if size is None else size,
+                    offset=0,
+                    num_tokens=100,
+                    train_loss=1.0,
+                    base_eval_loss=math.nan,
+                    signature=signature,
+                )
+            )
+            for off in range(0, len(blob), CHUNK):
+                data = blob[off : off + CHUNK]
+                crc = zlib.crc32(data) ^ (0 if crc_ok else 1)
+                yield pb.UploadChunk(chunk=pb.Chunk(offset=off, data=data, crc32=crc))
+
+        return self.stub.Upload(messages(), timeout=60)
+
+
+def _refused(call: object, code: grpc.StatusCode, text: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    assert info.value.code() == code, info.value.details()
+    assert text in (info.value.details() or ""), info.value.details()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Silo, Silo]]:
+    root = tmp_path_factory.mktemp("sec")
+    fed = make_federation(
+        root,
+        silos=2,
+        rounds=1,
+        extra_server='allowlist = ["silo-0", "silo-1"]\nmax_requests_per_s = 0',
+    )
+    fed.start_aggregator(exit_when_done=False)
+    a, b = Silo(fed, "silo-0"), Silo(fed, "silo-1")
+    for s in (a, b):
+        s.stub.Join(pb.JoinRequest(), timeout=10)
+    assert a.stub.GetTask(pb.GetTaskRequest(held_version=-1), timeout=30).kind == pb.Task.TRAIN
+    try:
+        yield fed, a, b
+    finally:
+        for s in (a, b):
+            s.channel.close()
+        fed.stop_all()
+
+
+def _good_blob() -> bytes:
+    return encode_object({k: v + 1e-3 for k, v in _shapes().items()}, "fp32")
+
+
+def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Silo, Silo]) -> None:
+    fed, _, _ = running
+    issue(fed.root / "certs", "silo", "intruder")
+    stranger = Silo(fed, "intruder")
+    _refused(
+        lambda: stranger.stub.Join(pb.JoinRequest(), timeout=10),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "not in the aggregator's allowlist",
+    )
+    _refused(
+        lambda: stranger.stub.GetTask(pb.GetTaskRequest(), timeout=10),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "has not joined; call Join first",
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "text"),
+    [
+        (
+            "wrong_round",
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "round 3 is not open; the open round is 0",
+        ),
+        ("wrong_base", grpc.StatusCode.INVALID_ARGUMENT, "is based on version 5"),
+        ("too_large", grpc.StatusCode.INVALID_ARGUMENT, "exceeds the bound"),
+        ("bad_crc", grpc.StatusCode.DATA_LOSS, "crc"),
+        ("unsigned", grpc.StatusCode.INVALID_ARGUMENT, "signature does not verify"),
+        ("replayed_signature", grpc.StatusCode.INVALID_ARGUMENT, "signature does not verify"),
+        ("nan", grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
+        ("wrong_shape", grpc.StatusCode.INVALID_ARGUMENT, "has shape"),
+        ("wrong_codec", grpc.StatusCode.INVALID_ARGUMENT, "uses codec 'int8'"),
+        ("garbage", grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
+        ("bad_transfer_id", grpc.StatusCode.INVALID_ARGUMENT, "transfer_id"),
+    ],
+)
+def test_bad_update_is_refused_and_leaves_no_trace(
+    running: tuple[Federation, Silo, Silo], case: str, code: grpc.StatusCode, text: str
+) -> None:
+    fed, silo, _ = running
+    before = _state_bytes(fed)
+    tensors = _shapes()
+    blob = {
+        "nan": lambda: encode_object(
+            {**tensors, "lm_head.weight": tensors["lm_head.weight"] + float("nan")}, "fp32"
+        ),
+        "wrong_shape": lambda: encode_object(
+            {**tensors, "model.norm.weight": torch.zeros(7)}, "fp32"
+        ),
+        "wrong_codec": lambda: encode_object(tensors, "int8"),
+        "garbage": lambda: b"PHOTON\x00\x01" + bytes(range(256)) * 40,
+    }.get(case, _good_blob)()
+    kwargs: dict[str, object] = {
+        "wrong_round": {"round_": 3},
+        "wrong_base": {"base": 5},
+        "too_large": {"size": 10**12},
+        "bad_crc": {"crc_ok": False},
+        "unsigned": {"signature": b""},
+        "replayed_signature": {"sign_round": 7},
+        "bad_transfer_id": {"transfer": "../../etc/passwd"},
+    }.get(case, {})  # type: ignore[assignment]
+    kwargs.setdefault("transfer", f"t-{case}")
+    _refused(lambda: silo.upload(blob, **kwargs), code, text)  # type: ignore[arg-type]
+    assert _state_bytes(fed) == before, "a rejected update must not change any state"
+
+
+def test_rejections_are_in_the_audit_log(running: tuple[Federation, Silo, Silo]) -> None:
+    fed, _, _ = running
+    entries, broken = read_audit(fed.state_dir / "audit.jsonl")
+    assert broken is None
+    assert entries and all(e["verdict"] == "rejected" for e in entries)
+    assert any("signature" in e["reason"] for e in entries)
+
+
+def test_a_silo_cannot_upload_as_another(running: tuple[Federation, Silo, Silo]) -> None:
+    fed, silo0, _ = running
+    # silo-0 signs with silo-1's key: the connection's certificate decides who it is.
+    blob = _good_blob()
+    forged = sign_digest(
+        fed.root / "certs" / "silos" / "silo-1.key", hashlib.sha256(blob).hexdigest(), 0
+    )
+    _refused(
+        lambda: silo0.upload(blob, signature=forged, transfer="forged"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "signature does not verify",
+    )
+
+
+def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Silo, Silo]) -> None:
+    fed, silo, _ = running
+    blob = _good_blob()
+    assert silo.upload(blob, transfer="good").status == pb.UploadReply.ACCEPTED
+    _refused(
+        lambda: silo.upload(blob, transfer="good-again"),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "already accepted",
+    )
+    store = Store(fed.state_dir / "journal.sqlite")
+    try:
+        assert [u.silo_id for u in store.updates(0)] == ["silo-0"]
+    finally:
+        store.close()
+
+
+def _state_bytes(fed: Federation) -> dict[str, bytes]:
+    """The journal's accepted updates and every checkpoint and published file, as bytes."""
+    store = Store(fed.state_dir / "journal.sqlite")
+    try:
+        rows = repr(store.updates(0)).encode()
+    finally:
+        store.close()
+    files = {
+        str(p.relative_to(fed.state_dir)): p.read_bytes()
+        for sub in ("checkpoints", "published")
+        for p in sorted((fed.state_dir / sub).glob("*"))
+        if p.is_file()
+    }
+    spool = sorted(str(p) for p in (fed.state_dir / "spool").rglob("*.upd"))
+    return {"journal": rows, "spool": repr(spool).encode(), **files}
