@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -15,6 +16,7 @@ from photon import logs
 from photon.errors import PhotonError
 
 F = TypeVar("F", bound=Callable[..., Any])
+C = TypeVar("C")
 
 log_format_option = click.option(
     "--log-format",
@@ -39,20 +41,40 @@ insecure_option = click.option(
 )
 
 
-def insecure_environ(section: str, insecure: bool) -> dict[str, str]:
-    """The environment to load a config with: --insecure sets `<section>.insecure`."""
+def load_daemon_config(
+    loader: Callable[[Path, dict[str, str]], C], path: Path, section: str, insecure: bool
+) -> C:
+    """Load a daemon's config; `--insecure` sets `<section>.insecure`, and a config that asks
+    for plaintext without the flag is refused."""
     env = dict(os.environ)
     if insecure:
         env[f"PHOTON__{section.upper()}__INSECURE"] = "true"
-    return env
-
-
-def require_flag_for_insecure(section: str, configured: bool, flag: bool) -> None:
-    if configured and not flag:
+    cfg = loader(path, env)
+    if getattr(getattr(cfg, section), "insecure", False) and not insecure:
         raise PhotonError(
             f"{section}.insecure = true in the config: plaintext is never a "
             "default; pass --insecure on the command line to confirm"
         )
+    return cfg
+
+
+def daemon_options(config_name: str) -> Callable[[F], F]:
+    """--config, --insecure, --log-format, --log-level, and PhotonErrors shown as messages."""
+
+    def decorate(fn: F) -> F:
+        fn = photon_errors_as_click(fn)
+        for option in (log_level_option, log_format_option, insecure_option):
+            fn = option(fn)
+        config = click.option(
+            "--config",
+            "config_path",
+            required=True,
+            help=config_name,
+            type=click.Path(path_type=Path, dir_okay=False),
+        )
+        return config(fn)
+
+    return decorate
 
 
 def photon_errors_as_click(fn: F) -> F:
