@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aggregator.audit import AuditLog
 from aggregator.config import AggregatorConfig
+from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
@@ -73,8 +74,7 @@ class RoundEngine:
         self._cond = threading.Condition()
         self._open: _OpenRound | None = None
         self._aggregating = False
-        self._last_seen: dict[str, float] = {}
-        self._state: dict[str, str] = {}
+        self.members = Membership(store, clock, cfg.server)
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
         self.audit = AuditLog(Path(cfg.server.state_dir) / "audit.jsonl")
         self.verifier = UpdateVerifier(cfg.server, self.spec, model, store, self.audit)
@@ -83,10 +83,6 @@ class RoundEngine:
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
         now = self.clock()
-        for silo in self.store.silos():
-            # Restarted: nobody is known to be alive until it calls again.
-            self._state[silo.silo_id] = "lost" if silo.state == "online" else silo.state
-            self._last_seen[silo.silo_id] = now
         version = self.model.version
         for row in self.store.rounds():
             if row.round < version and row.closed_at is None:
@@ -99,7 +95,7 @@ class RoundEngine:
 
     # -- membership -------------------------------------------------------------------------
     def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> bytes:
-        self._authorize(silo)
+        self.members.authorize(silo)
         if tokenizer_digest and tokenizer_digest != self.spec.tokenizer_digest:
             raise NotAuthorized(
                 f"tokenizer digest {tokenizer_digest[:12]} differs from the federation's "
@@ -108,59 +104,32 @@ class RoundEngine:
                 silo=silo,
             )
         with self._cond:
-            self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
-            self._state.setdefault(silo, "joining")
-            self._touch(silo)
-            log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
+            self.members.join(silo, num_train_tokens)
             self._cond.notify_all()
         return self.spec.to_json()
 
     def heartbeat(self, silo: str) -> int:
         with self._cond:
-            self._touch(silo)
+            self.members.touch(silo)
             return self.model.version
 
     def leave(self, silo: str, reason: str) -> None:
         with self._cond:
-            self._require_joined(silo)
-            self._state[silo] = "left"
-            self.store.set_silo_state(silo, "left", self.clock())
-            log.info("silo_left", silo=silo, reason=reason)
+            self.members.leave(silo, reason)
             self._cond.notify_all()
-
-    def _authorize(self, silo: str) -> None:
-        allow = self.cfg.server.allowlist
-        if allow and silo not in allow:
-            raise NotAuthorized(f"silo {silo!r} is not in the aggregator's allowlist", silo=silo)
-
-    def _require_joined(self, silo: str) -> None:
-        if silo not in self._state:
-            raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
-
-    def _touch(self, silo: str) -> None:
-        self._require_joined(silo)
-        self._last_seen[silo] = self.clock()
-        if self._state.get(silo) != "online":
-            if self._state.get(silo) == "lost":
-                log.info("silo_back", silo=silo)
-            self._state[silo] = "online"
-            self.store.set_silo_state(silo, "online", self._last_seen[silo])
-
-    def online(self) -> list[str]:
-        return sorted(s for s, st in self._state.items() if st == "online")
 
     # -- tasks ------------------------------------------------------------------------------
     def get_task(self, silo: str, wait_s: float) -> TaskDecision:
         end = time.monotonic() + max(0.0, wait_s)
         with self._cond:
-            self._touch(silo)
+            self.members.touch(silo)
             while True:
                 decision = self._decide(silo)
                 remaining = end - time.monotonic()
                 if decision.kind != "wait" or remaining <= 0:
                     return decision
                 self._cond.wait(timeout=min(remaining, 1.0))
-                self._touch(silo)
+                self.members.touch(silo)
 
     def _decide(self, silo: str) -> TaskDecision:
         version = self.model.version
@@ -170,7 +139,7 @@ class RoundEngine:
             return TaskDecision(kind="done", message="federation finished")
         op = self._open
         if op is None or self._aggregating:
-            need = self.cfg.rounds.min_silos - len(self.online())
+            need = self.cfg.rounds.min_silos - len(self.members.online())
             why = f"waiting for {need} more silo(s)" if need > 0 else "aggregating"
             return TaskDecision(kind="wait", retry_after_s=1.0, message=why)
         if silo in op.row.selected and silo not in op.reported:
@@ -196,7 +165,7 @@ class RoundEngine:
                 f"eval loss {loss!r} is not a finite non-negative number", silo=silo
             )
         with self._cond:
-            self._touch(silo)
+            self.members.touch(silo)
             if version > self.model.version:
                 raise UpdateRejected(f"version {version} does not exist yet", silo=silo)
             self.store.add_eval(version, silo, loss, tokens)
@@ -206,7 +175,7 @@ class RoundEngine:
     def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
         """Check an upload may proceed and return its (possibly resumed) receive session."""
         with self._cond:
-            self._touch(silo)
+            self.members.touch(silo)
             op = self._check_round(silo, info.round)
             if info.base_version != op.row.base_version:
                 raise UpdateRejected(
@@ -296,12 +265,6 @@ class RoundEngine:
             )
         return op
 
-    def accepted_digest(self, silo: str, round_: int) -> str | None:
-        for u in self.store.updates(round_):
-            if u.silo_id == silo:
-                return u.digest
-        return None
-
     # -- the driver: liveness, opening and closing rounds -----------------------------------
     def tick(self) -> None:
         """One pass of housekeeping; called by the driver thread (and by tests)."""
@@ -318,21 +281,11 @@ class RoundEngine:
             self._close(to_close)
 
     def _mark_lost(self) -> None:
-        limit = self.clock() - self.cfg.rounds.heartbeat_timeout_s
-        for silo, state in sorted(self._state.items()):
-            if state == "online" and self._last_seen.get(silo, 0.0) < limit:
-                self._state[silo] = "lost"
-                self.store.set_silo_state(silo, "lost")
-                log.warning(
-                    "silo_lost",
-                    silo=silo,
-                    timeout_s=self.cfg.rounds.heartbeat_timeout_s,
-                    policy="round continues without it; quorum decides",
-                )
-                self._cond.notify_all()
+        if self.members.mark_lost(self.cfg.rounds.heartbeat_timeout_s):
+            self._cond.notify_all()
 
     def _open_round(self) -> None:
-        online = self.online()
+        online = self.members.online()
         if len(online) < self.cfg.rounds.min_silos:
             return
         round_ = self.model.version
@@ -367,7 +320,7 @@ class RoundEngine:
         if reported == selected:
             return True
         quorum = math.ceil(self.cfg.rounds.quorum * len(selected))
-        pending_alive = [s for s in selected - reported if self._state.get(s) == "online"]
+        pending_alive = [s for s in selected - reported if self.members.is_online(s)]
         if len(reported) >= quorum and not pending_alive:
             log.warning(
                 "round_closing_without",
@@ -440,14 +393,7 @@ class RoundEngine:
                 "selected": [] if op is None else list(op.row.selected),
                 "reported": [] if op is None else sorted(op.reported),
                 "deadline_in_s": None if op is None else round(op.row.deadline_at - now, 1),
-                "silos": [
-                    {
-                        "silo": s,
-                        "state": st,
-                        "last_seen_s_ago": round(now - self._last_seen.get(s, now), 1),
-                    }
-                    for s, st in sorted(self._state.items())
-                ],
+                "silos": self.members.snapshot(),
             }
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -456,7 +402,7 @@ class RoundEngine:
         with self._cond:
             if self.model.version < self.spec.rounds:
                 return False
-            return all(st != "online" for st in self._state.values())
+            return not self.members.any_online()
 
     def wake(self) -> None:
         with self._cond:

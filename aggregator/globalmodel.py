@@ -20,6 +20,7 @@ from aggregator.aggregate import accumulate
 from aggregator.checkpoint import (
     OUTER_PREFIX,
     checkpoint_path,
+    clean_tmp,
     latest_checkpoint,
     param_digest,
     prune,
@@ -71,6 +72,8 @@ class GlobalModel:
         self._load_or_init()
 
     def _load_or_init(self) -> None:
+        for stray in clean_tmp(self.ckpt_dir):  # left by a writer killed before its rename
+            log.warning("checkpoint_tmp_removed", path=str(stray))
         ckpt = latest_checkpoint(self.ckpt_dir)
         if ckpt is None:
             model = build_model(self.model_config, seed=self.spec.seed)

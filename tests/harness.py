@@ -100,9 +100,13 @@ class Federation:
         self.procs[name] = proc
         return proc
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, tail: int | None = 4000) -> str:
+        """The process's log (its last `tail` characters; None for all of it)."""
         path = self.root / f"{name}.log"
-        return path.read_text(errors="replace")[-4000:] if path.exists() else "(no log)"
+        if not path.exists():
+            return "(no log)"
+        text = path.read_text(errors="replace")
+        return text if tail is None else text[-tail:]
 
     def summary(self) -> dict[str, Any]:
         path = self.state_dir / "summary.json"

@@ -1,0 +1,93 @@
+"""Who is in the federation and who is alive: joined, online, lost, left.
+
+Not thread-safe on its own: the round engine calls it under its lock. Every state change is
+written to the journal, so a restarted aggregator knows its silos (and assumes none is alive
+until it calls again).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aggregator.config import ServerConfig
+from aggregator.store import Store
+from photon.errors import NotAuthorized
+from photon.logs import get_logger
+
+log = get_logger("aggregator.membership")
+
+
+class Membership:
+    def __init__(self, store: Store, clock: Callable[[], float], server: ServerConfig) -> None:
+        self.store, self.clock, self.server = store, clock, server
+        self.state: dict[str, str] = {}
+        self.last_seen: dict[str, float] = {}
+        now = clock()
+        for silo in store.silos():
+            self.state[silo.silo_id] = "lost" if silo.state == "online" else silo.state
+            self.last_seen[silo.silo_id] = now
+
+    def authorize(self, silo: str) -> None:
+        allowlist = self.server.allowlist
+        if allowlist and silo not in allowlist:
+            raise NotAuthorized(f"silo {silo!r} is not in the aggregator's allowlist", silo=silo)
+
+    def join(self, silo: str, num_train_tokens: int) -> None:
+        self.authorize(silo)
+        self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
+        self.state.setdefault(silo, "joining")
+        self.touch(silo)
+        log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
+
+    def touch(self, silo: str) -> None:
+        """A call from `silo`: it is alive (and must have joined)."""
+        if silo not in self.state:
+            raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
+        self.last_seen[silo] = self.clock()
+        if self.state[silo] != "online":
+            if self.state[silo] == "lost":
+                log.info("silo_back", silo=silo)
+            self.state[silo] = "online"
+            self.store.set_silo_state(silo, "online", self.last_seen[silo])
+
+    def leave(self, silo: str, reason: str) -> None:
+        self.touch(silo)
+        self.state[silo] = "left"
+        self.store.set_silo_state(silo, "left", self.clock())
+        log.info("silo_left", silo=silo, reason=reason)
+
+    def mark_lost(self, timeout_s: float) -> list[str]:
+        """Silos silent for longer than `timeout_s` become lost; returns them."""
+        limit = self.clock() - timeout_s
+        lost = [
+            s
+            for s, st in sorted(self.state.items())
+            if st == "online" and self.last_seen.get(s, 0.0) < limit
+        ]
+        for silo in lost:
+            self.state[silo] = "lost"
+            self.store.set_silo_state(silo, "lost")
+            log.warning(
+                "silo_lost",
+                silo=silo,
+                timeout_s=timeout_s,
+                policy="round continues without it; quorum decides",
+            )
+        return lost
+
+    def online(self) -> list[str]:
+        return sorted(s for s, st in self.state.items() if st == "online")
+
+    def is_online(self, silo: str) -> bool:
+        return self.state.get(silo) == "online"
+
+    def any_online(self) -> bool:
+        return any(st == "online" for st in self.state.values())
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        now = self.clock()
+        return [
+            {"silo": s, "state": st, "last_seen_s_ago": round(now - self.last_seen.get(s, now), 1)}
+            for s, st in sorted(self.state.items())
+        ]
