@@ -12,20 +12,28 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 GENESIS = "0" * 64
+#: Journal meta key holding the hash of the audit log's last line.
+AUDIT_HEAD = "audit_head"
 
 
 class AuditLog:
-    def __init__(self, path: Path) -> None:
+    """Appends entries; `anchor` (e.g. the journal) is told the new head hash after each one,
+    so that cutting lines off the end is detected too (`read_audit(..., head=...)`)."""
+
+    def __init__(self, path: Path, anchor: Callable[[str], None] | None = None) -> None:
         self.path = path
+        self.anchor = anchor
         self._lock = threading.Lock()
         self._prev = GENESIS
         for line in _lines(path):
             self._prev = _hash(line)
+        if anchor is not None:
+            anchor(self._prev)  # after a crash between an append and its anchoring
 
     def record(
         self,
@@ -56,6 +64,8 @@ class AuditLog:
             finally:
                 os.close(fd)
             self._prev = _hash(line)
+            if self.anchor is not None:
+                self.anchor(self._prev)
 
 
 def round_time() -> float:
@@ -75,8 +85,10 @@ def _lines(path: Path) -> Iterator[str]:
                 yield line.rstrip("\n")
 
 
-def read_audit(path: Path) -> tuple[list[dict[str, Any]], int | None]:
-    """(entries, index of the first entry whose chain is broken, or None if intact)."""
+def read_audit(path: Path, head: str | None = None) -> tuple[list[dict[str, Any]], int | None]:
+    """(entries, index of the first entry whose chain is broken, or None if intact). With the
+    anchored `head`, a log whose last line is not that head (cut or rebuilt) is broken at its
+    end."""
     entries: list[dict[str, Any]] = []
     prev, broken = GENESIS, None
     for i, line in enumerate(_lines(path)):
@@ -88,4 +100,6 @@ def read_audit(path: Path) -> tuple[list[dict[str, Any]], int | None]:
             broken = i
         entries.append(entry)
         prev = _hash(line)
+    if broken is None and head is not None and head != prev:
+        broken = len(entries)
     return entries, broken

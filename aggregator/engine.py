@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from aggregator.audit import AuditLog
+from aggregator.audit import AUDIT_HEAD, AuditLog
 from aggregator.config import AggregatorConfig
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
-from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.faults import crash_point
@@ -76,7 +76,10 @@ class RoundEngine:
         self._aggregating = False
         self.members = Membership(store, clock, cfg.server)
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
-        self.audit = AuditLog(Path(cfg.server.state_dir) / "audit.jsonl")
+        self.audit = AuditLog(
+            Path(cfg.server.state_dir) / "audit.jsonl",
+            anchor=lambda head: store.set_meta(AUDIT_HEAD, head),
+        )
         self.verifier = UpdateVerifier(cfg.server, self.spec, model, store, self.audit)
         self._recover()
 
@@ -96,6 +99,8 @@ class RoundEngine:
     # -- membership -------------------------------------------------------------------------
     def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> bytes:
         self.members.authorize(silo)
+        if not 0 <= num_train_tokens < MAX_COUNT:
+            raise UpdateRejected("num_train_tokens must be in [0, 2**62)", silo=silo)
         if tokenizer_digest and tokenizer_digest != self.spec.tokenizer_digest:
             raise NotAuthorized(
                 f"tokenizer digest {tokenizer_digest[:12]} differs from the federation's "
@@ -164,6 +169,8 @@ class RoundEngine:
             raise UpdateRejected(
                 f"eval loss {loss!r} is not a finite non-negative number", silo=silo
             )
+        if not 0 <= tokens < MAX_COUNT:
+            raise UpdateRejected("tokens must be in [0, 2**62)", silo=silo)
         with self._cond:
             self.members.touch(silo)
             if version > self.model.version:

@@ -58,6 +58,12 @@ class AggregatorDaemon:
         self.store = Store(state_dir / "journal.sqlite")
         resolve_spec(cfg.federation)
         self._check_same_federation()
+        if cfg.privacy.enabled and cfg.privacy.seed == 0:
+            log.warning(
+                "privacy_seed_default",
+                detail="privacy.seed is 0: whoever knows the "
+                "seed can subtract the noise; set a secret seed",
+            )
         self.model = GlobalModel(
             state_dir,
             cfg.federation,

@@ -23,6 +23,8 @@ from photon.logs import get_logger
 log = get_logger("aggregator.uploads")
 
 _TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Counts from the network (tokens) must fit the journal's signed 64-bit integers.
+MAX_COUNT = 2**62
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,16 +45,16 @@ class UploadHeaderInfo:
     signature: bytes = b""
 
     def __post_init__(self) -> None:
-        if not _TRANSFER_ID.match(self.transfer_id):
+        if not _TRANSFER_ID.fullmatch(self.transfer_id):
             raise UpdateRejected(
                 f"transfer_id {self.transfer_id[:40]!r} must match {_TRANSFER_ID.pattern}"
             )
-        if not _DIGEST.match(self.digest):
+        if not _DIGEST.fullmatch(self.digest):
             raise UpdateRejected("digest must be 64 lowercase hex characters (SHA-256)")
         if self.size <= 0 or not 0 <= self.offset <= self.size:
             raise UpdateRejected(f"offset {self.offset} / size {self.size} are inconsistent")
-        if self.num_tokens <= 0:
-            raise UpdateRejected("num_tokens must be > 0: it is the update's weight")
+        if not 0 < self.num_tokens < MAX_COUNT:
+            raise UpdateRejected("num_tokens must be in (0, 2**62): it is the update's weight")
         for name in ("train_loss", "base_eval_loss"):
             value = getattr(self, name)
             if value is not None and math.isinf(value):
@@ -158,7 +160,7 @@ class UploadRegistry:
             session = self._sessions.get((silo, transfer_id))
         if session is not None:
             return session.committed, session.final.exists()
-        if not _TRANSFER_ID.match(transfer_id):
+        if not _TRANSFER_ID.fullmatch(transfer_id):
             return 0, False
         for final in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd")):
             return final.stat().st_size, True

@@ -36,6 +36,9 @@ _LENGTH = struct.Struct("<I")
 PREFIX_SIZE = len(MAGIC) + _LENGTH.size
 _TOP_KEYS = ("format", "codec", "block_size", "meta", "tensors")
 _ENTRY_KEYS = ("name", "shape", "dtype", "offset", "length", "raw_length")
+#: Bounds on a tensor's shape, so no product of dimensions can overflow int64.
+MAX_ELEMENTS = 2**62
+MAX_DIMS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +145,13 @@ def _parse_entry(obj: object, index: int, codec: str, block_size: int) -> Tensor
     where = f"tensor {name!r}"
     entry = _check_keys(obj, _ENTRY_KEYS, where)
     shape = entry["shape"]
-    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
-        _fail(f"{where}: shape must be a list of non-negative integers, got {shape!r}")
+    if not isinstance(shape, list) or not all(_is_int(d) and 0 <= d < MAX_ELEMENTS for d in shape):
+        _fail(f"{where}: shape must be a list of integers in [0, 2**62), got {shape!r}")
+    if math.prod(d for d in shape if d) >= MAX_ELEMENTS or len(shape) > MAX_DIMS:
+        _fail(
+            f"{where}: shape {shape!r} is too large (at most {MAX_DIMS} dimensions and "
+            "2**62 elements)"
+        )
     if entry["dtype"] != "float32":
         _fail(f"{where}: dtype must be 'float32', got {entry['dtype']!r}")
     parsed = TensorEntry(
@@ -176,8 +184,10 @@ def parse_manifest(data: bytes) -> Manifest:
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_reject_constant,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"invalid object manifest: not UTF-8 JSON ({exc})") from exc
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # ValueError covers JSONDecodeError and integer literals past Python's digit limit;
+        # RecursionError, absurdly nested JSON.
+        raise CodecError(f"invalid object manifest: not valid UTF-8 JSON ({exc})") from exc
     top = _check_keys(doc, _TOP_KEYS, "the manifest")
     if not _is_int(top["format"]) or top["format"] != FORMAT_VERSION:
         _fail(f"format {top['format']!r} is not supported (this reader knows {FORMAT_VERSION})")

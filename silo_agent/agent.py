@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -278,6 +279,7 @@ class SiloAgent:
                 base=base,
                 limiter=self.down_limit,
                 on_chunk=self._counter(bar, "down"),
+                shapes={k: tuple(v.shape) for k, v in self.model.state_dict().items()},
             )
         finally:
             bar.close()
@@ -317,4 +319,9 @@ def _bucket(rate: str) -> TokenBucket | None:
 def run_silo(cfg: SiloConfig, stop: threading.Event) -> int:
     if cfg.silo.threads:
         torch.set_num_threads(cfg.silo.threads)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # one silo, several processes under torchrun (DDP): see silo_agent/distributed.py
+        from silo_agent.distributed import run_distributed
+
+        return run_distributed(cfg, stop)
     return SiloAgent(cfg, stop).run()

@@ -18,9 +18,9 @@ import grpc
 import torch
 
 from bandwidth.chunking import PartialFile, iter_file_chunks
-from bandwidth.codec import decode_object
+from bandwidth.codec import iter_tensors, read_manifest
 from bandwidth.ratelimit import TokenBucket
-from photon.errors import ChunkIntegrityError, TransferError
+from photon.errors import ChunkIntegrityError, CodecError, TransferError
 from photon.faults import crash_point
 from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
@@ -159,8 +159,11 @@ def download(
     base: tuple[int, Mapping[str, torch.Tensor]] | None = None,
     limiter: TokenBucket | None = None,
     on_chunk: ChunkHook | None = None,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Fetch global `version` (as a lossless delta from `base` when the aggregator has it)."""
+    """Fetch global `version` (as a lossless delta from `base` when the aggregator has it).
+    With `shapes`, the object's manifest must describe exactly that model before anything is
+    decoded (no decompression bomb from a compromised aggregator)."""
     dest.mkdir(parents=True, exist_ok=True)
     have = base[0] if base is not None else -1
     path, header = client.retrier.call(
@@ -170,10 +173,15 @@ def download(
     )
     try:
         with path.open("rb") as fh:
+            manifest = read_manifest(fh)
+            if shapes is not None and manifest.shapes != dict(shapes):
+                raise CodecError(f"version {version} does not describe the federation's model")
+            held = None
             if header.encoding == "delta":
-                assert base is not None and header.base_version == base[0]
-                return decode_object(fh, base=base[1])
-            return decode_object(fh)
+                if base is None or header.base_version != base[0]:
+                    raise CodecError("a delta download for a version this silo does not hold")
+                held = base[1]
+            return dict(iter_tensors(fh, manifest, base=held))
     finally:
         path.unlink(missing_ok=True)
         (dest / "download.json").unlink(missing_ok=True)

@@ -21,7 +21,7 @@ def audit(state_dir: Path, as_json: bool) -> None:
     """
     from aggregator.audit import read_audit
 
-    entries, broken = read_audit(state_dir / "audit.jsonl")
+    entries, broken = read_audit(state_dir / "audit.jsonl", head=_anchored_head(state_dir))
     for e in entries:
         if as_json:
             click.echo(json.dumps(e, sort_keys=True))
@@ -35,3 +35,17 @@ def audit(state_dir: Path, as_json: bool) -> None:
     if broken is not None:
         raise click.ClickException(f"audit chain broken at entry {broken}: the log was altered")
     click.echo(f"{len(entries)} entries; hash chain intact", err=True)
+
+
+def _anchored_head(state_dir: Path) -> str | None:
+    """The head hash the aggregator anchored in its journal (read-only), if any."""
+    import sqlite3
+
+    from aggregator.audit import AUDIT_HEAD
+
+    journal = state_dir / "journal.sqlite"
+    if not journal.exists():
+        return None
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (AUDIT_HEAD,)).fetchone()
+    return None if row is None else str(row[0])
