@@ -36,7 +36,7 @@ class Membership:
     def join(self, silo: str, num_train_tokens: int) -> None:
         self.authorize(silo)
         self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
-        self.state.setdefault(silo, "joining")
+        self.state[silo] = "joining"  # a new Join revives a silo that had left
         self.touch(silo)
         log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
 
@@ -45,6 +45,8 @@ class Membership:
         if silo not in self.state:
             raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
         self.last_seen[silo] = self.clock()
+        if self.state[silo] == "left":
+            return  # a straggling heartbeat after Leave does not bring it back
         if self.state[silo] != "online":
             if self.state[silo] == "lost":
                 log.info("silo_back", silo=silo)

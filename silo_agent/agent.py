@@ -101,6 +101,7 @@ class SiloAgent:
                 self._final_eval(task)
             elif task.kind == pb.Task.DONE:
                 log.info("federation_done", message=task.message)
+                self.heartbeat.stop()
                 self.client.leave("done")
                 return 0
             else:
