@@ -64,6 +64,16 @@ def _hook(limiter: TokenBucket | None, on_chunk: ChunkHook | None) -> ChunkHook:
     return hook
 
 
+#: Every stream has a deadline: room for the slowest link we support (1 MB/s) plus a margin;
+#: a stream that stops moving bytes is cut sooner by the aggregator's idle watchdog.
+MIN_RATE_BYTES_S = 1_000_000
+DOWNLOAD_DEADLINE_S = 6 * 3600.0
+
+
+def stream_deadline(nbytes: int) -> float:
+    return 600.0 + nbytes / MIN_RATE_BYTES_S
+
+
 class UploadOutcome(enum.Enum):
     ACCEPTED = "accepted"
     ROUND_CLOSED = "round_closed"
@@ -120,7 +130,9 @@ def _upload_once(
     if start:
         log.info("upload_resuming", transfer_id=p.transfer_id, offset=start, size=p.size)
     reply = client.stub.Upload(
-        _upload_messages(p, start, chunk_bytes, hook), metadata=client.metadata
+        _upload_messages(p, start, chunk_bytes, hook),
+        metadata=client.metadata,
+        timeout=stream_deadline(p.size - start),
     )
     if reply.status != pb.UploadReply.ACCEPTED:
         raise _Incomplete(f"committed {reply.committed_offset} of {p.size}")
@@ -195,6 +207,7 @@ def _download_once(
     stream = client.stub.Download(
         pb.DownloadRequest(version=version, offset=offset, have_version=have),
         metadata=client.metadata,
+        timeout=DOWNLOAD_DEADLINE_S,
     )
     first = next(stream)
     if first.WhichOneof("body") != "header":

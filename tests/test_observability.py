@@ -9,11 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from photon.cli import main
 from photon.tls import TLSFiles, channel_credentials
 from silo_agent.progress import Progress
-from tests.harness import free_port, make_federation
+from tests.harness import free_port, make_federation, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,8 +34,25 @@ def test_aggregator_metrics_scrape_and_health(tmp_path: Path) -> None:
     )
     try:
         fed.start_aggregator(exit_when_done=False)
+        silo_port = free_port()
+        cfg = tmp_path / "silo-0.toml"
+        cfg.write_text(
+            cfg.read_text().replace(
+                "[silo]\n", f'[silo]\nmetrics_listen = "127.0.0.1:{silo_port}"\n', 1
+            )
+        )
         silo = fed.start_silo("silo-0")
+        wait_for(
+            lambda: _scrape(silo_port) is not None or silo.poll() is not None,
+            120,
+            "the silo's metrics endpoint",
+        )
+        silo_text = _scrape(silo_port) or ""
         assert silo.wait(timeout=180) == 0, fed.log("silo-0")
+        status = CliRunner().invoke(
+            main,
+            ["status", "--aggregator", f"localhost:{fed.port}", "--certs", str(tmp_path / "certs")],
+        )
         text = (
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         )
@@ -45,11 +64,23 @@ def test_aggregator_metrics_scrape_and_health(tmp_path: Path) -> None:
     finally:
         fed.stop_all()
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    assert "photon_silo_round" in silo_text and "photon_silo_tokens_per_second" in silo_text
+    assert status.exit_code == 0, status.output
+    assert "version 1/1" in status.output and "done" in status.output
+    assert "silo-0" in status.output and "last eval loss" in status.output
     assert _metric(text, "photon_global_version") == 1.0
     assert _metric(text, 'photon_updates_total{verdict="accepted"}') == 1.0
     assert _metric(text, 'photon_transfer_bytes_total{direction="up"}') > 0
     assert _metric(text, 'photon_transfer_seconds_count{direction="up"}') >= 1
     assert _metric(text, "photon_eval_loss") > 0
+
+
+def _scrape(port: int) -> str | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return str(r.read().decode())
+    except OSError:
+        return None
 
 
 def test_progress_logs_periodically_without_a_terminal() -> None:
