@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from aggregator.averaging import Accumulator
 from aggregator.privacy import clip_factor
 from aggregator.store import UpdateRow
-from aggregator.strategies import Accumulator
 from bandwidth.codec import iter_tensors, read_manifest
 
 

@@ -69,6 +69,7 @@ class GlobalModel:
         self.outer = make_outer(outer)
         self._lock = threading.Lock()
         self._published: dict[tuple[int, int], Published] = {}
+        self._digest: tuple[int, str] | None = None
         self._load_or_init()
 
     def _load_or_init(self) -> None:
@@ -102,7 +103,10 @@ class GlobalModel:
         return int(self.num_params * 4 * 1.02) + (1 << 20) + 256 * len(self.params)
 
     def digest(self) -> str:
-        return param_digest(self.params)
+        """The parameter digest of the current version (computed once per version)."""
+        if self._digest is None or self._digest[0] != self.version:
+            self._digest = (self.version, param_digest(self.params))
+        return self._digest[1]
 
     # -- one round --------------------------------------------------------------------------
     def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:

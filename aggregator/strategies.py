@@ -1,4 +1,4 @@
-"""Outer optimizers ("strategies") and the token-weighted average they consume.
+"""Outer optimizers ("strategies"); the average they consume is in aggregator/averaging.py.
 
 Each round the silos send deltas Δ_i = θ_local,i − θ_global. The aggregator averages them,
 weighted by training tokens, into Δ̄ and takes one OUTER step with the pseudo-gradient
@@ -32,7 +32,7 @@ correction. Their defaults are used: β1 0.9, β2 0.99, τ 1e-3, and server lear
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol, get_args
 
@@ -345,97 +345,3 @@ def make_outer(cfg: OuterConfig) -> OuterOptimizer:
     """The outer optimizer `cfg` names, with its defaults resolved."""
     resolved = cfg.resolved()
     return _RULES[resolved.name](resolved)
-
-
-def weighted_average(
-    deltas: Sequence[tuple[float, Mapping[str, Tensor]]],
-) -> dict[str, Tensor]:
-    """Reference Σ w_i Δ_i / Σ w_i, computed in float64 and returned as fp32 (for tests)."""
-    if not deltas:
-        raise ValueError("weighted_average needs at least one delta")
-    names = set(deltas[0][1])
-    total = 0.0
-    for weight, delta in deltas:
-        _check_weight(weight)
-        if set(delta) != names:
-            raise ValueError(f"deltas name different tensors: {sorted(set(delta) ^ names)}")
-        total += weight
-    out: dict[str, Tensor] = {}
-    for name in sorted(names):
-        acc = torch.zeros(deltas[0][1][name].shape, dtype=torch.float64)
-        for weight, delta in deltas:
-            acc += weight * delta[name].double()
-        out[name] = (acc / total).float()
-    return out
-
-
-def _check_weight(weight: float) -> None:
-    if isinstance(weight, bool) or not math.isfinite(weight) or weight <= 0:
-        raise ValueError(f"aggregation weight must be a finite number > 0, got {weight!r}")
-
-
-class Accumulator:
-    """Streaming token-weighted sum: one fp32 buffer per tensor name.
-
-    `add` folds weight·tensor into the name's buffer (non-fp32 inputs are first copied into
-    a reused fp32 scratch). The result depends only on the order of the calls, so callers
-    add silos in a fixed order (sorted silo id). Weights are applied as fp32 scalars.
-    """
-
-    def __init__(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._totals: dict[str, float] = {}
-        self._done: set[str] = set()
-        self._scratch: dict[torch.device, Tensor] = {}
-
-    def add(self, name: str, tensor: Tensor, weight: float) -> None:
-        """Accumulate weight·tensor under `name`."""
-        _check_weight(weight)
-        if name in self._done:
-            raise ValueError(f"{name!r} was already averaged; start a new Accumulator")
-        if not tensor.is_floating_point():
-            raise ValueError(f"{name}: cannot average a {tensor.dtype} tensor")
-        buf = self._sums.get(name)
-        if buf is None:
-            buf = self._sums[name] = torch.zeros(
-                tensor.shape, dtype=torch.float32, device=tensor.device
-            )
-            self._totals[name] = 0.0
-        elif buf.shape != tensor.shape:
-            raise ValueError(f"{name}: shape {tuple(tensor.shape)} != {tuple(buf.shape)}")
-        with torch.no_grad():
-            buf.add_(self._as_fp32(tensor), alpha=weight)
-        self._totals[name] += weight
-
-    def _as_fp32(self, tensor: Tensor) -> Tensor:
-        if tensor.dtype == torch.float32:
-            return tensor
-        scratch = self._scratch.get(tensor.device)
-        if scratch is None or scratch.numel() < tensor.numel():
-            scratch = torch.empty(tensor.numel(), dtype=torch.float32, device=tensor.device)
-            self._scratch[tensor.device] = scratch
-        view = scratch[: tensor.numel()].view(tensor.shape)
-        view.copy_(tensor)
-        return view
-
-    def names(self) -> list[str]:
-        """Names seen, in first-added order."""
-        return list(self._sums)
-
-    def total_weight(self, name: str) -> float:
-        """Σ w for `name`."""
-        return self._totals[name]
-
-    def average(self, name: str) -> Tensor:
-        """Σ w·Δ / Σ w for `name`; divides the buffer in place (once) and returns it."""
-        buf = self._sums[name]
-        if name not in self._done:
-            buf.div_(self._totals[name])
-            self._done.add(name)
-        return buf
-
-    def pop(self, name: str) -> Tensor:
-        """`average(name)`, then forget the buffer so its memory can go (no more adds)."""
-        avg = self.average(name)
-        del self._sums[name], self._totals[name]
-        return avg

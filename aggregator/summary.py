@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aggregator.globalmodel import GlobalModel
 from aggregator.privacy import PrivacyAccountant, PrivacyConfig
-from aggregator.store import Store
+from aggregator.store import RoundRow, Store, UpdateRow
 from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes
 
@@ -64,47 +65,66 @@ def _epsilon(privacy: PrivacyConfig, rounds: int) -> float | None:
     return None if spent is None else round(float(spent["epsilon"]), 6)
 
 
-def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dict[str, Any]:
-    evals = eval_by_version(store)
-    traffic: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
-    for round_, silo, direction, nbytes in store.traffic():
-        traffic[round_][silo][direction] = nbytes
-    rows: list[dict[str, Any]] = []
-    silo_evals = {(v, src): loss for v, src, loss, _ in store.evals() if src != AGGREGATOR_EVAL}
-    for r in store.rounds():
-        if r.closed_at is None:
-            continue
-        updates = {u.silo_id: u for u in store.updates(r.round)}
-        eval_loss = _num(evals.get(r.round + 1))
-        silos = {
-            s: {
-                "train_loss": u.train_loss,
-                "tokens": u.num_tokens,
-                "tokens_per_s": _rate(u.num_tokens, u.train_seconds),
-                "update_norm": _num(u.norm),
-                "eval_loss": _num(silo_evals.get((r.round + 1, s))),
-                "bytes_up": traffic[r.round][s].get("up", 0),
-                "bytes_down": traffic[r.round][s].get("down", 0),
-            }
-            for s, u in sorted(updates.items())
+@dataclass(frozen=True, slots=True)
+class _Journal:
+    """What the summary reads from the journal, indexed once."""
+
+    evals: dict[int, float]
+    silo_evals: dict[tuple[int, str], float]
+    traffic: dict[int, dict[str, dict[str, int]]]
+
+    @classmethod
+    def read(cls, store: Store) -> _Journal:
+        traffic: dict[int, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(dict))
+        for round_, silo, direction, nbytes in store.traffic():
+            traffic[round_][silo][direction] = nbytes
+        silo_evals = {(v, src): loss for v, src, loss, _ in store.evals() if src != AGGREGATOR_EVAL}
+        return cls(eval_by_version(store), silo_evals, traffic)
+
+
+def _round_row(
+    r: RoundRow, updates: list[UpdateRow], j: _Journal, model: GlobalModel, spec: FederationSpec
+) -> dict[str, Any]:
+    assert r.closed_at is not None
+    traffic = j.traffic[r.round]
+    eval_loss = _num(j.evals.get(r.round + 1))
+    silos = {
+        u.silo_id: {
+            "train_loss": u.train_loss,
+            "tokens": u.num_tokens,
+            "tokens_per_s": _rate(u.num_tokens, u.train_seconds),
+            "update_norm": _num(u.norm),
+            "eval_loss": _num(j.silo_evals.get((r.round + 1, u.silo_id))),
+            "bytes_up": traffic[u.silo_id].get("up", 0),
+            "bytes_down": traffic[u.silo_id].get("down", 0),
         }
-        rows.append(
-            {
-                "round": r.round,
-                "version": r.round + 1,
-                "eval_loss": eval_loss,
-                "eval_perplexity": _ppl(eval_loss),
-                "bytes_up": sum(d.get("up", 0) for d in traffic[r.round].values()),
-                "bytes_down": sum(d.get("down", 0) for d in traffic[r.round].values()),
-                "seconds": round(r.closed_at - r.opened_at, 3),
-                "tokens": sum(u.num_tokens for u in updates.values()),
-                "epsilon": _epsilon(model.privacy, r.round + 1),
-                "ddp_equivalent_bytes": ddp_equivalent_bytes(
-                    model.num_params, spec.local_steps, len(updates)
-                ),
-                "silos": silos,
-            }
-        )
+        for u in sorted(updates, key=lambda u: u.silo_id)
+    }
+    return {
+        "round": r.round,
+        "version": r.round + 1,
+        "eval_loss": eval_loss,
+        "eval_perplexity": _ppl(eval_loss),
+        "bytes_up": sum(d.get("up", 0) for d in traffic.values()),
+        "bytes_down": sum(d.get("down", 0) for d in traffic.values()),
+        "seconds": round(r.closed_at - r.opened_at, 3),
+        "tokens": sum(u.num_tokens for u in updates),
+        "epsilon": _epsilon(model.privacy, r.round + 1),
+        "ddp_equivalent_bytes": ddp_equivalent_bytes(
+            model.num_params, spec.local_steps, len(updates)
+        ),
+        "silos": silos,
+    }
+
+
+def build_summary(store: Store, model: GlobalModel, spec: FederationSpec) -> dict[str, Any]:
+    j = _Journal.read(store)
+    evals = j.evals
+    rows = [
+        _round_row(r, store.updates(r.round), j, model, spec)
+        for r in store.rounds()
+        if r.closed_at is not None
+    ]
     up = sum(r["bytes_up"] for r in rows)
     down = sum(r["bytes_down"] for r in rows)
     ddp = sum(r["ddp_equivalent_bytes"] for r in rows)

@@ -10,16 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from aggregator.averaging import Accumulator, weighted_average
 from aggregator.strategies import (
     STRATEGIES,
-    Accumulator,
     FedAdam,
     FedYogi,
     Nesterov,
     OuterConfig,
     OuterOptimizer,
     make_outer,
-    weighted_average,
 )
 from photon.errors import ConfigError
 
