@@ -23,6 +23,7 @@ from photon.errors import ConfigError
 from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
+from photon.memory import release_large_allocations
 from photon.metrics_http import serve_metrics
 from photon.model import preset
 from photon.pki import RevocationList, revocation_path
@@ -52,6 +53,7 @@ def resolve_spec(spec: FederationSpec) -> None:
 class AggregatorDaemon:
     def __init__(self, cfg: AggregatorConfig) -> None:
         self.cfg = cfg
+        release_large_allocations()
         state_dir = Path(cfg.server.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
         self.summary_path = state_dir / "summary.json"

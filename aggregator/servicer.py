@@ -234,8 +234,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     if msg.WhichOneof("body") != "chunk":
                         raise errors.UpdateRejected("only chunks may follow the Upload header")
                     c = msg.chunk
-                    session.write(generation, c.offset, c.data, c.crc32)
-                    received += len(c.data)
+                    data = c.data  # each read of a bytes field copies it: read once
+                    session.write(generation, c.offset, data, c.crc32)
+                    received += len(data)
                     progress()
                     crash_point("aggregator.upload_chunk")
             finally:

@@ -33,7 +33,7 @@ ALL_CODECS = (*CODECS, "xor")
 LOSSY_CODECS = ("bf16", "int8", "int4")
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 65536
-DEFAULT_BLOCK_SIZE = 128
+DEFAULT_BLOCK_SIZE = 256
 
 Buffer = bytes | bytearray | memoryview
 

@@ -68,7 +68,7 @@ class FederationSpec:
     #: How deltas travel: fp32 (lossless), bf16, int8 or int4 (with error feedback).
     codec: Codec = "fp32"
     #: Quantization block size for int8/int4.
-    block_size: int = 128
+    block_size: int = 256
     #: Seed for model initialisation, silo sampling and data order.
     seed: int = 0
     #: Held-out batches each evaluation uses.
@@ -82,7 +82,7 @@ class FederationSpec:
     def __post_init__(self) -> None:
         _positive(self, ("rounds", "local_steps", "eval_batches"), "federation")
         if not 16 <= self.block_size <= 4096:
-            raise ConfigError("federation.block_size must be within [16, 4096] (try 128)")
+            raise ConfigError("federation.block_size must be within [16, 4096] (try 256)")
 
     @property
     def total_steps(self) -> int:

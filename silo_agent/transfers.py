@@ -225,8 +225,9 @@ def _download_once(
     try:
         for msg in stream:
             c = msg.chunk
-            hook(len(c.data))
-            part.write_chunk(c.offset, c.data, c.crc32)
+            data = c.data  # each read of a bytes field copies it: read once
+            hook(len(data))
+            part.write_chunk(c.offset, data, c.crc32)
     finally:
         part.close()
     return Path(part.finalize()), h

@@ -1,0 +1,146 @@
+"""Our real gRPC server (`FederationServicer` over mTLS) around a minimal stand-in engine.
+
+The stand-in provides exactly what the servicer's Upload, UploadStatus, Download and Heartbeat
+handlers call: `begin_upload` returns a real `UploadRegistry(...).open(...)` session (so every
+byte is CRC-checked, hashed, written to the spool `.partial`, fsynced every 32 MiB and the
+SHA-256 verified at `finalize`), `complete_upload` deletes the verified file and says True,
+`model.download` serves one file, and `store.add_traffic` appends each stream's byte count to
+`traffic.jsonl` so the benchmark can count bytes the server received. The servicer gets the
+daemon's default `Limits` (transfer slots, request rate, idle watchdog) and no metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+import grpc
+
+from aggregator.config import ServerConfig
+from aggregator.globalmodel import Published
+from aggregator.limits import Limits
+from aggregator.servicer import FederationServicer
+from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from photon.fsutil import atomic_write_bytes
+from photon.tls import TLSFiles, server_credentials
+from photon.v1 import federation_pb2_grpc as pb_grpc
+from photon.wire import grpc_options
+
+if TYPE_CHECKING:
+    from aggregator.engine import RoundEngine
+
+TRAFFIC_FILE = "traffic.jsonl"
+
+
+class TrafficLog:
+    """`store.add_traffic`: one JSON line per finished stream (round, silo, direction, bytes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def add_traffic(self, round_: int, silo: str, direction: str, n_bytes: int) -> None:
+        line = json.dumps({"round": round_, "silo": silo, "dir": direction, "bytes": n_bytes})
+        with self._lock, self.path.open("a") as fh:
+            fh.write(line + "\n")
+
+
+def read_traffic(path: Path, round_: int, direction: str = "up") -> list[int]:
+    """Bytes of each stream the server logged for `round_` in `direction`."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [int(r["bytes"]) for r in rows if r["round"] == round_ and r["dir"] == direction]
+
+
+@dataclass(slots=True)
+class _Rounds:
+    heartbeat_timeout_s: float = 30.0
+
+
+@dataclass(slots=True)
+class _Cfg:
+    rounds: _Rounds = field(default_factory=_Rounds)
+
+
+class _Model:
+    """`engine.model`: version 1, downloadable as one file (full weights, base -1)."""
+
+    version = 1
+
+    def __init__(self, published: Published | None) -> None:
+        self.published = published
+
+    def download(self, version: int, have_version: int) -> Published | None:
+        pub = self.published
+        return pub if pub is not None and version == pub.version else None
+
+
+class StandInEngine:
+    """The slice of `RoundEngine` that the transfer RPCs touch."""
+
+    def __init__(self, state_dir: Path, published: Published | None) -> None:
+        self.cfg = _Cfg()
+        self.store = TrafficLog(state_dir / TRAFFIC_FILE)
+        self.uploads = UploadRegistry(state_dir / "spool")
+        self.model = _Model(published)
+
+    def heartbeat(self, silo: str) -> int:
+        return self.model.version
+
+    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
+        return self.uploads.open(silo, info)
+
+    def complete_upload(
+        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+    ) -> bool:
+        self.uploads.discard(info.transfer_id, path)  # verified; the disk is not a bench
+        return True
+
+    def status(self) -> dict[str, object]:
+        return {"stand_in": True}
+
+
+def serve(
+    *,
+    certs: Path,
+    state_dir: Path,
+    listen_host: str,
+    port_file: Path,
+    chunk_bytes: int,
+    download: Published | None,
+    stop: threading.Event,
+) -> None:
+    """Serve the stand-in over mTLS until `stop` is set; the bound port goes to `port_file`."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    engine = StandInEngine(state_dir, download)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16), options=grpc_options(chunk_bytes)
+    )
+    defaults = ServerConfig(certs_dir=certs)  # the daemon's default limits, as in production
+    limits = Limits.from_config(
+        per_silo=defaults.max_transfers_per_silo,
+        total=defaults.max_transfers_total,
+        requests_per_s=defaults.max_requests_per_s,
+        idle_s=defaults.stream_idle_timeout_s,
+    )
+    servicer = FederationServicer(
+        cast("RoundEngine", engine),
+        chunk_bytes=chunk_bytes,
+        long_poll_s=1.0,
+        insecure=False,
+        limits=limits,
+    )
+    pb_grpc.add_FederationServicer_to_server(servicer, server)
+    creds = server_credentials(TLSFiles.for_aggregator(certs))
+    port = server.add_secure_port(f"{listen_host}:0", creds)
+    server.start()
+    atomic_write_bytes(port_file, str(port).encode())
+    try:
+        stop.wait()
+    finally:
+        server.stop(2.0).wait(5.0)
