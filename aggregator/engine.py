@@ -293,9 +293,9 @@ class RoundEngine:
 
     def _open_round(self) -> None:
         online = self.members.online()
-        if len(online) < self.cfg.rounds.min_silos:
-            return
         round_ = self.model.version
+        if len(online) < self._silos_to_open(round_):
+            return
         k = self.cfg.rounds.silos_per_round or len(online)
         rng = random.Random(f"{self.spec.seed}:{round_}")  # noqa: S311 - sampling, not secrets
         selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
@@ -318,6 +318,15 @@ class RoundEngine:
             deadline_s=self.cfg.rounds.deadline_s,
         )
         self._cond.notify_all()
+
+    def _silos_to_open(self, round_: int) -> int:
+        """Online silos needed to open `round_`: `min_silos` before the first round (as
+        documented on RoundsConfig); later, the quorum of `min_silos` (at least 1), so a
+        federation that lost silos goes on with the rest instead of waiting forever."""
+        rounds = self.cfg.rounds
+        if round_ == 0:
+            return rounds.min_silos
+        return max(1, math.ceil(rounds.quorum * rounds.min_silos))
 
     def _should_close(self, op: _OpenRound) -> bool:
         selected = set(op.row.selected)

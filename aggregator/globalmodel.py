@@ -129,13 +129,17 @@ class GlobalModel:
                         generator=noise_generator(dp.seed, round_, name),
                     )
                 self.outer.step(name, self.params[name], average, round_)
-            self.version += 1
-            self.checkpoint_path = self._save(round_)
-        self.publish()
+            version = self.version + 1
+            path = self._save(round_, version)
+        # The download objects exist before the new version is announced: a silo told about
+        # it (GetTask reads `version`) must be able to download it at once.
+        self.publish(version)
+        with self._lock:
+            self.version, self.checkpoint_path = version, path
         if self.keep:
             prune(self.ckpt_dir, keep=max(2, self.keep))
 
-    def _save(self, round_: int) -> Path:
+    def _save(self, round_: int, version: int | None = None) -> Path:
         meta = {
             "round": str(round_),
             "model_config": json.dumps(self.spec.model, sort_keys=True),
@@ -143,16 +147,17 @@ class GlobalModel:
         }
         return save_checkpoint(
             self.ckpt_dir,
-            version=self.version,
+            version=self.version if version is None else version,
             params=self.params,
             outer_state=self.outer.state_tensors(),
             meta=meta,
         )
 
     # -- downloads --------------------------------------------------------------------------
-    def publish(self) -> None:
-        """Write the download objects of the current version (full, and delta from previous)."""
-        version = self.version
+    def publish(self, version: int | None = None) -> None:
+        """Write the download objects of `version` (default: the current one): full weights,
+        and a delta from the previous version."""
+        version = self.version if version is None else version
         self._publish_one(version, -1, self.params, None)
         previous = checkpoint_path(self.ckpt_dir, version - 1)
         if version > 0 and previous.exists():

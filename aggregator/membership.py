@@ -1,8 +1,8 @@
 """Who is in the federation and who is alive: joined, online, lost, left.
 
 Not thread-safe on its own: the round engine calls it under its lock. Every state change is
-written to the journal, so a restarted aggregator knows its silos (and assumes none is alive
-until it calls again).
+written to the journal, so a restarted aggregator knows its silos (and presumes the ones that
+were online alive until a heartbeat timeout passes without a call).
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ class Membership:
         self.last_seen: dict[str, float] = {}
         now = clock()
         for silo in store.silos():
-            self.state[silo.silo_id] = "lost" if silo.state == "online" else silo.state
+            # After a restart a silo that was online is presumed alive for one heartbeat
+            # timeout (mark_lost decides then): marking it lost at once would let a restarted
+            # aggregator at the final version exit before its silos got their final task.
+            self.state[silo.silo_id] = silo.state
             self.last_seen[silo.silo_id] = now
 
     def authorize(self, silo: str) -> None:

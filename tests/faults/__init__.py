@@ -1,0 +1,1 @@
+"""Reliability under faults: real processes, real signals, end-state checks."""
