@@ -20,7 +20,11 @@ def plot_curves(runs: list[RunResult], path: Path, title: str) -> Path:
     for run in runs:
         key = "centralized" if run.mode == "centralized" else str(run.codec)
         style = STYLES.get(key, {"linestyle": ":", "marker": "."})
-        label = run.name if run.outer is None else f"federated {run.outer} {run.codec}"
+        label = (
+            f"centralized (batch {run.extra.get('batch_size')})"
+            if run.outer is None
+            else f"federated {run.outer} {run.codec}"
+        )
         tokens = [t / 1e6 for t, _ in run.curve]
         losses = [loss for _, loss in run.curve]
         ax.plot(tokens, losses, label=label, markersize=4, **style)  # type: ignore[arg-type]

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"unequal tokens: federated {fp32.tokens}, centralized {central.tokens}")
     result = metrics(central, fp32, int8, plan)
     png = args.json.with_suffix(".png")
-    plot_curves([central, fp32, int8], png, f"Photon tiny, 4 silos, H={plan.local_steps}")
+    plot_curves([central, fp32, int8], png, _title(plan))
     result["detail"] = {
         "plan": dataclasses.asdict(plan),
         "outer_optimizer": outer,
@@ -153,6 +153,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "workdir": str(work),
     }
     return result
+
+
+def _title(plan: Plan) -> str:
+    return (
+        f"tiny preset, {plan.silos} silos x batch {plan.batch_size}, "
+        f"{plan.rounds} rounds x H={plan.local_steps} ({plan.name})"
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
