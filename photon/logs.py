@@ -36,7 +36,9 @@ def configure(fmt: LogFormat = "auto", level: str = "info", stream: object = Non
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=out),  # type: ignore[arg-type]
+        # One write per line (message + newline together): processes sharing a log file, such
+        # as torchrun ranks, then never splice each other's lines.
+        logger_factory=structlog.WriteLoggerFactory(file=out),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -1014,9 +1014,7 @@ def test_bytes_that_are_not_protobuf_are_refused_cleanly_slow(
         ("Join", pb.JoinRequest(tokenizer_digest=ByteTokenizer().digest(), num_train_tokens=2**63)),
     ],
 )
-def test_counts_past_int64_are_invalid_arguments(
-    live: Live, method: str, request_: Any
-) -> None:
+def test_counts_past_int64_are_invalid_arguments(live: Live, method: str, request_: Any) -> None:
     with pytest.raises(grpc.RpcError) as info:
         getattr(live.stub, method)(request_, timeout=RPC_TIMEOUT)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -46,7 +46,9 @@ def test_two_silos_complete_two_rounds_over_mtls(tmp_path: Path) -> None:
     assert all(e["signature"] for e in entries), "every update carries a signature"
     assert not list(fed.state_dir.rglob("*.partial")), "no stray partial files"
     downloads = [
-        json.loads(line) for line in fed.log("silo-0", tail=None).splitlines() if '"global_downloaded"' in line
+        json.loads(line)
+        for line in fed.log("silo-0", tail=None).splitlines()
+        if '"global_downloaded"' in line
     ]
     assert [d["delta"] for d in downloads] == [False, True, True], (
         "version 0 in full, later versions as lossless deltas from the held version"
