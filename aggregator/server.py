@@ -95,11 +95,18 @@ class AggregatorDaemon:
             self.store.set_meta("federation_digest", spec.digest())
             self.store.set_meta("federation_spec", spec.to_json().decode())
         elif stored != spec.digest():
-            raise ConfigError(
-                f"state directory {self.cfg.server.state_dir} belongs to a federation with a "
-                "different [federation] spec; restore the original config or use a new "
-                "server.state_dir"
-            )
+            stored_json = (self.store.get_meta("federation_spec") or "").encode()
+            changes = spec.changes_since(stored_json)
+            if changes:
+                raise ConfigError(
+                    f"state directory {self.cfg.server.state_dir} belongs to a federation with a "
+                    f"different [federation] spec ({'; '.join(changes)}); restore the original "
+                    "values in the config or use a new server.state_dir"
+                )
+            # Same values, new spelling (a key added since with its default): adopt it.
+            log.info("federation_spec_upgraded", state_dir=str(self.cfg.server.state_dir))
+            self.store.set_meta("federation_digest", spec.digest())
+            self.store.set_meta("federation_spec", spec.to_json().decode())
 
     def _make_evaluator(self) -> Evaluator | None:
         data_dir = self.cfg.eval.data_dir

@@ -103,6 +103,40 @@ class FederationSpec:
     def digest(self) -> str:
         return hashlib.sha256(self.to_json()).hexdigest()
 
+    def changes_since(self, stored_json: bytes) -> list[str]:
+        """What differs from a spec stored earlier, as `key: old -> new` lines.
+
+        The stored spec is read with today's defaults filled in, so a key added to the spec
+        since it was stored is no change unless it is set away from its default.
+        """
+        try:
+            old = _flatten(dataclasses.asdict(FederationSpec.from_json(stored_json)))
+        except ConfigError:
+            try:
+                raw = json.loads(stored_json)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raw = {}
+            old = _flatten(raw) if isinstance(raw, dict) else {}
+        new = _flatten(dataclasses.asdict(self))
+        return [
+            f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT)
+        ]
+
+
+_ABSENT = object()
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
 
 def _positive(obj: object, names: tuple[str, ...], section: str) -> None:
     for name in names:

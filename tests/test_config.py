@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from aggregator.config import load_aggregator_config
+from aggregator.server import AggregatorDaemon
+from aggregator.store import Store
 from photon.errors import ConfigError
-from photon.federation import FederationSpec
+from photon.federation import FederationSpec, TrainingSpec
 from silo_agent.config import load_silo_config
+from tests.harness import make_federation
 
 GOOD_AGG = """
 [server]
@@ -129,3 +133,40 @@ def test_federation_spec_json_round_trip_and_validation() -> None:
         FederationSpec.from_json(b"{nope")
     with pytest.raises(ConfigError, match=re.escape("unknown key 'federation.evil'")):
         FederationSpec.from_json(b'{"evil": 1}')
+
+
+def test_federation_spec_changes_name_each_key_and_ignore_keys_added_later() -> None:
+    stored = FederationSpec(rounds=4, codec="int8")
+    assert FederationSpec(rounds=4, codec="int8").changes_since(stored.to_json()) == []
+    changed = FederationSpec(rounds=5, codec="int8", training=TrainingSpec(lr=1e-3))
+    assert changed.changes_since(stored.to_json()) == [
+        "rounds: 4 -> 5",
+        f"training.lr: {TrainingSpec().lr!r} -> 0.001",
+    ]
+    # A spec stored before `block_size` existed: the default fills it, so nothing changed.
+    older = json.loads(stored.to_json())
+    del older["block_size"]
+    assert stored.changes_since(json.dumps(older).encode()) == []
+    # A key this version does not know is reported, not crashed on.
+    newer = {**json.loads(stored.to_json()), "future_knob": 1}
+    assert stored.changes_since(json.dumps(newer).encode()) == ["future_knob: 1 -> '(absent)'"]
+
+
+def test_aggregator_refuses_a_state_dir_of_another_spec_and_names_the_key(tmp_path: Path) -> None:
+    make_federation(tmp_path, silos=1, rounds=2)
+    toml = tmp_path / "aggregator.toml"
+    AggregatorDaemon(load_aggregator_config(toml)).store.close()
+    toml.write_text(toml.read_text().replace("rounds = 2", "rounds = 3"))
+    with pytest.raises(ConfigError, match=re.escape("(rounds: 2 -> 3)")):
+        AggregatorDaemon(load_aggregator_config(toml))
+    # A spec stored by an older version without a key that now has its default is adopted.
+    toml.write_text(toml.read_text().replace("rounds = 3", "rounds = 2"))
+    store = Store(tmp_path / "aggregator-state" / "journal.sqlite")
+    old = json.loads(store.get_meta("federation_spec") or "")
+    del old["block_size"]
+    store.set_meta("federation_spec", json.dumps(old, sort_keys=True))
+    store.set_meta("federation_digest", "digest-of-an-older-spelling")
+    store.close()
+    daemon = AggregatorDaemon(load_aggregator_config(toml))
+    assert daemon.store.get_meta("federation_digest") == daemon.cfg.federation.digest()
+    daemon.store.close()
