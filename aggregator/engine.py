@@ -225,6 +225,7 @@ class RoundEngine:
                 train_seconds=info.train_seconds,
                 accepted_at=self.clock(),
                 norm=norm,
+                signature=info.signature,
             )
             new = self.store.add_update(row)
             if new:

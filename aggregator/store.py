@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
   round INTEGER NOT NULL, silo_id TEXT NOT NULL, digest TEXT NOT NULL, path TEXT NOT NULL,
   size INTEGER NOT NULL, num_tokens INTEGER NOT NULL, train_loss REAL, base_eval_loss REAL,
-  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, PRIMARY KEY (round, silo_id));
+  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, signature BLOB NOT NULL DEFAULT x'',
+  PRIMARY KEY (round, silo_id));
 CREATE TABLE IF NOT EXISTS evals (
   version INTEGER NOT NULL, source TEXT NOT NULL, loss REAL NOT NULL, tokens INTEGER NOT NULL,
   PRIMARY KEY (version, source));
@@ -61,6 +62,8 @@ class UpdateRow:
     accepted_at: float
     #: L2 norm of the decoded delta.
     norm: float | None = None
+    #: The silo's signature over (round, digest), kept so the audit line can be rebuilt.
+    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,13 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a journal written by an older version up to SCHEMA (columns added since)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(updates)")}
+        if "signature" not in columns:
+            self._db.execute("ALTER TABLE updates ADD COLUMN signature BLOB NOT NULL DEFAULT x''")
 
     def close(self) -> None:
         with self._lock:
@@ -172,7 +182,7 @@ class Store:
         """Record an accepted update; False if (round, silo) already has one (idempotent)."""
         with self._tx() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     row.round,
                     row.silo_id,
@@ -185,6 +195,7 @@ class Store:
                     row.train_seconds,
                     row.accepted_at,
                     row.norm,
+                    row.signature,
                 ),
             )
             return cur.rowcount == 1

@@ -66,7 +66,7 @@ class UpdateVerifier:
                     silo=u.silo_id,
                     round=u.round,
                     digest=u.digest,
-                    signature=b"",
+                    signature=bytes(u.signature),
                     verdict="accepted",
                     reason="recorded before a restart",
                 )

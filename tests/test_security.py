@@ -3,10 +3,12 @@ and a rejected update leaves the journal, the checkpoints and the published mode
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import math
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -231,3 +233,32 @@ def _state_bytes(fed: Federation) -> dict[str, bytes]:
     }
     spool = sorted(str(p) for p in (fed.state_dir / "spool").rglob("*.upd"))
     return {"journal": rows, "spool": repr(spool).encode(), **files}
+
+
+UNPICKLERS = {"pickle", "cPickle", "_pickle", "dill", "shelve", "marshal", "joblib", "cloudpickle"}
+
+
+def test_no_daemon_module_can_unpickle() -> None:
+    """Nothing received is ever unpickled: no module imports a pickle-like loader or calls
+    `torch.load` / `numpy.load(allow_pickle=True)` (the docstrings may say the words)."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for package in ("photon", "aggregator", "silo_agent", "bandwidth"):
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                where = f"{path.relative_to(root)}:{getattr(node, 'lineno', 0)}"
+                if isinstance(node, ast.Import):
+                    offenders += [where for a in node.names if a.name.split(".")[0] in UNPICKLERS]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    offenders += [where] if node.module.split(".")[0] in UNPICKLERS else []
+                elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                    owner = ast.unparse(node.func.value)
+                    pickles = any(
+                        k.arg == "allow_pickle" and ast.unparse(k.value) != "False"
+                        for k in node.keywords
+                    )
+                    if (owner, node.func.attr) == ("torch", "load") or (
+                        node.func.attr == "load" and pickles
+                    ):
+                        offenders.append(where)
+    assert offenders == []

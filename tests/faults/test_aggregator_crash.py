@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aggregator.audit import read_audit
+from photon.signing import verify_digest
 from tests.faults._support import (
     assert_completed,
     events,
@@ -56,6 +58,16 @@ def test_kill9_between_accepting_an_update_and_aggregating(
     )
     assert summary["param_digest"] == reference_digest
     assert '"event": "round_resumed"' in (root / "aggregator.log").read_text()
+    # The crash fell between the journal row and its audit line: the restart rebuilt the line,
+    # with the silo's own signature (kept in the journal), which still verifies.
+    entries, broken = read_audit(root / "aggregator-state" / "audit.jsonl")
+    assert broken is None
+    rebuilt = [e for e in entries if e["reason"] == "recorded before a restart"]
+    assert rebuilt, "the crash point left no update without its audit line"
+    for entry in rebuilt:
+        cert = (root / "certs" / "silos" / f"{entry['silo']}.crt").read_bytes()
+        signature = bytes.fromhex(str(entry["signature"]))
+        assert verify_digest(cert, str(entry["digest"]), int(entry["round"]), signature)
 
 
 def test_kill9_after_aggregating_before_the_checkpoint(
