@@ -77,20 +77,13 @@ class CentralizedConfig:
 
     def trainer_config(self) -> TrainerConfig:
         """The silo trainer's settings for this run (no optimizer resets: one long run)."""
-        t = self.training
-        return TrainerConfig(
-            lr=t.lr,
-            min_lr_ratio=t.min_lr_ratio,
-            warmup_steps=t.warmup_steps,
+        return TrainerConfig.from_spec(
+            self.training,
             total_steps=self.steps,
-            weight_decay=t.weight_decay,
-            grad_clip=t.grad_clip,
-            batch_size=t.batch_size,
-            seq_len=t.seq_len,
-            grad_accum=t.grad_accum,
             device=self.device,
             seed=self.seed,
             threads=self.threads,
+            reset_optimizer=False,
         )
 
 

@@ -38,18 +38,9 @@ FEEDBACK_FILE = "error_feedback.safetensors"
 
 
 def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
-    t = spec.training
-    return TrainerConfig(
-        lr=t.lr,
-        min_lr_ratio=t.min_lr_ratio,
-        warmup_steps=t.warmup_steps,
+    return TrainerConfig.from_spec(
+        spec.training,
         total_steps=spec.total_steps,
-        weight_decay=t.weight_decay,
-        grad_clip=t.grad_clip,
-        batch_size=t.batch_size,
-        seq_len=t.seq_len,
-        grad_accum=t.grad_accum,
-        reset_optimizer=t.reset_optimizer,
         device=cfg.silo.device,
         seed=spec.seed,
         threads=cfg.silo.threads or None,

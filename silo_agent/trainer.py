@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from photon.data import TokenLoader
 from photon.errors import ConfigError, DataError
+from photon.federation import TrainingSpec
 from photon.fsutil import atomic_write_bytes, atomic_write_with
 from photon.model import LlamaModel
 
@@ -55,6 +56,34 @@ class TrainerConfig:
     seed: int = 0
     #: torch CPU threads; None leaves torch's default.
     threads: int | None = None
+
+    @classmethod
+    def from_spec(
+        cls,
+        t: TrainingSpec,
+        *,
+        total_steps: int,
+        device: str = "auto",
+        seed: int = 0,
+        threads: int | None = None,
+        reset_optimizer: bool | None = None,
+    ) -> TrainerConfig:
+        """The federation's training table plus what is local to this machine."""
+        return cls(
+            lr=t.lr,
+            min_lr_ratio=t.min_lr_ratio,
+            warmup_steps=t.warmup_steps,
+            total_steps=total_steps,
+            weight_decay=t.weight_decay,
+            grad_clip=t.grad_clip,
+            batch_size=t.batch_size,
+            seq_len=t.seq_len,
+            grad_accum=t.grad_accum,
+            reset_optimizer=t.reset_optimizer if reset_optimizer is None else reset_optimizer,
+            device=device,
+            seed=seed,
+            threads=threads,
+        )
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.total_steps <= 0 or self.batch_size <= 0 or self.seq_len <= 0:
