@@ -21,7 +21,7 @@ def update(
 ) -> UpdateRow:
     path = tmp_path / f"{silo}.upd"
     info = write_object(path, tensors, codec)
-    norm = float(torch.sqrt(sum((t.double() ** 2).sum() for t in tensors.values())))
+    norm = float(sum(float((t.double() ** 2).sum()) for t in tensors.values()) ** 0.5)
     return UpdateRow(
         round=0,
         silo_id=silo,

@@ -70,7 +70,7 @@ def test_idle_watchdog_cancels_only_streams_without_progress() -> None:
 
 class _Shapes:
     def __init__(self) -> None:
-        self.shapes = {"w": (4,)}
+        self.shapes: dict[str, tuple[int, ...]] = {"w": (4,)}
 
 
 def test_outlier_norm_is_rejected_and_audited(tmp_path: Path) -> None:
