@@ -33,10 +33,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aggregator.strategies import StrategyName
+import torch
+
+from aggregator.strategies import OuterConfig, OuterOptimizer, StrategyName, make_outer
 from bench._convergence_data import build_corpus
 from bench._convergence_runs import FULL
+from photon.centralized import HeldOut, UnionLoader
+from photon.data import TokenLoader, TokenShards
 from photon.fsutil import atomic_write_bytes
+from photon.model import LlamaModel, build_model, preset
+from silo_agent.trainer import Trainer, TrainerConfig
+
+Loader = TokenLoader | UnionLoader
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +80,6 @@ VARIANTS: dict[str, Variant] = {
 
 def run_variant(name: str, variant: Variant, data: dict[str, Any], rounds: int) -> dict[str, Any]:
     """Train one variant in this process; its eval loss after each round(-equivalent)."""
-    import torch
-
-    from aggregator.strategies import OuterConfig, make_outer
-    from photon.centralized import HeldOut, UnionLoader
-    from photon.data import TokenLoader, TokenShards
-    from photon.model import build_model, preset
-    from silo_agent.trainer import Trainer, TrainerConfig
-
     torch.set_num_threads(1)
     plan = replace(FULL, batch_size=variant.batch_size)
     rounds = rounds * FULL.batch_size // variant.batch_size
@@ -91,59 +91,42 @@ def run_variant(name: str, variant: Variant, data: dict[str, Any], rounds: int) 
         batches=FULL.eval_batches,
     )
     shape = preset("tiny", vocab_size=int(silos[0].meta["vocab_size"]))
-    steps = rounds * plan.local_steps
 
-    def trainer(model: Any, loader: Any, batch: int) -> Trainer:
+    def trainer(model: LlamaModel, loader: Loader, batch: int) -> Trainer:
         cfg = TrainerConfig(
             lr=variant.lr,
             min_lr_ratio=plan.min_lr_ratio,
             warmup_steps=plan.warmup_steps,
-            total_steps=steps,
+            total_steps=rounds * plan.local_steps,
             batch_size=batch,
             seq_len=plan.seq_len,
             reset_optimizer=variant.reset_optimizer,
             device="cpu",
         )
-        return Trainer(model, cfg, loader)
+        return Trainer(model, cfg, loader)  # type: ignore[arg-type]
 
     started, model = time.monotonic(), build_model(shape, seed=0)
     curve = [held_out.loss(model)]
     if variant.central:
         batch = len(silos) * plan.batch_size
-        central = trainer(
-            model, UnionLoader(silos, batch_size=batch, seq_len=plan.seq_len, seed=0), batch
-        )
+        loader = UnionLoader(silos, batch_size=batch, seq_len=plan.seq_len, seed=0)
+        central = trainer(model, loader, batch)
         for r in range(rounds):
             central.train(plan.local_steps, r * plan.local_steps)
             curve.append(held_out.loss(model))
     else:
-        locals_ = [build_model(shape, seed=0) for _ in silos]
-        trainers = [
-            trainer(
-                m,
-                UnionLoader(silos, batch_size=plan.batch_size, seq_len=plan.seq_len, seed=100 + i)
-                if variant.iid
-                else TokenLoader(s, batch_size=plan.batch_size, seq_len=plan.seq_len, seed=i),
-                plan.batch_size,
-            )
-            for i, (m, s) in enumerate(zip(locals_, silos, strict=True))
+        loaders: list[Loader] = [
+            UnionLoader(silos, batch_size=plan.batch_size, seq_len=plan.seq_len, seed=100 + i)
+            if variant.iid
+            else TokenLoader(s, batch_size=plan.batch_size, seq_len=plan.seq_len, seed=i)
+            for i, s in enumerate(silos)
         ]
+        trainers = [trainer(build_model(shape, seed=0), ld, plan.batch_size) for ld in loaders]
         outer = make_outer(
             OuterConfig(name=variant.outer, lr=variant.outer_lr, momentum=variant.momentum)
         )
         for r in range(rounds):
-            start = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            deltas = []
-            for local, t in zip(locals_, trainers, strict=True):
-                local.load_state_dict(start)
-                if variant.reset_optimizer:
-                    t.begin_round()
-                t.train(plan.local_steps, r * plan.local_steps)
-                deltas.append({k: v.detach() - start[k] for k, v in local.state_dict().items()})
-            with torch.no_grad():
-                for key, param in model.named_parameters():
-                    mean = torch.stack([d[key] for d in deltas]).mean(dim=0)
-                    outer.step(key, param.data, mean, r + 1)
+            federated_round(model, trainers, outer, r, plan.local_steps, variant.reset_optimizer)
             curve.append(held_out.loss(model))
     print(f"{name}: eval loss {curve[-1]:.4f} ({time.monotonic() - started:.0f} s)", flush=True)
     return {
@@ -152,6 +135,29 @@ def run_variant(name: str, variant: Variant, data: dict[str, Any], rounds: int) 
         "final_eval_loss": round(curve[-1], 5),
         "seconds": round(time.monotonic() - started, 1),
     }
+
+
+def federated_round(
+    model: LlamaModel,
+    trainers: list[Trainer],
+    outer: OuterOptimizer,
+    round_: int,
+    local_steps: int,
+    reset_optimizer: bool,
+) -> None:
+    """Every silo trains H steps from the global model; the outer step applies their mean."""
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    deltas = []
+    for t in trainers:
+        t.model.load_state_dict(start)
+        if reset_optimizer:
+            t.begin_round()
+        t.train(local_steps, round_ * local_steps)
+        deltas.append({k: v.detach() - start[k] for k, v in t.model.state_dict().items()})
+    with torch.no_grad():
+        for key, param in model.named_parameters():
+            mean = torch.stack([d[key] for d in deltas]).mean(dim=0)
+            outer.step(key, param.data, mean, round_ + 1)
 
 
 def main(argv: list[str] | None = None) -> int:
