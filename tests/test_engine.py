@@ -56,6 +56,7 @@ def make_engine(
     rounds: int = 3,
     quorum: float = 1.0,
     per_round: int = 0,
+    min_silos: int | None = None,
     store: Store | None = None,
     model: FakeModel | None = None,
     clock: Clock | None = None,
@@ -63,7 +64,7 @@ def make_engine(
     cfg = AggregatorConfig(
         server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[]),
         rounds=RoundsConfig(
-            min_silos=silos,
+            min_silos=silos if min_silos is None else min_silos,
             quorum=quorum,
             deadline_s=100,
             heartbeat_timeout_s=30,
@@ -264,3 +265,46 @@ def test_bad_update_is_rejected_and_leaves_no_trace(tmp_path: Path) -> None:
     assert store.updates(0) == []
     assert not list((tmp_path / "spool").rglob("*.upd"))
     assert engine.get_task("s0", 0).kind == "train", "the silo may still send a good update"
+
+
+def _trained(engine: RoundEngine, silos: list[str]) -> list[str]:
+    return [s for s in silos if engine.get_task(s, 0).kind == "train"]
+
+
+def test_k_of_n_sampling_is_seeded_and_without_replacement(tmp_path: Path) -> None:
+    names = [f"s{i}" for i in range(5)]
+    picks = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        engine, *_ = make_engine(tmp_path / run, silos=5, rounds=3, per_round=2, min_silos=2)
+        join_all(engine, 5)
+        engine.tick()
+        rounds = []
+        for r in range(3):
+            chosen = _trained(engine, names)
+            assert len(chosen) == 2 and len(set(chosen)) == 2
+            rounds.append(chosen)
+            for silo in chosen:
+                assert send_update(engine, tmp_path / run, silo, r, 1.0)
+            engine.tick()
+        picks.append(rounds)
+    assert picks[0] == picks[1], "the same seed samples the same silos"
+    assert len({tuple(r) for r in picks[0]}) > 1, "a new sample each round"
+
+
+def test_a_silo_joining_mid_run_starts_from_the_current_global_model(tmp_path: Path) -> None:
+    engine, model, _, _ = make_engine(tmp_path, silos=2, rounds=3)
+    join_all(engine, 2)
+    engine.tick()
+    for silo in ("s0", "s1"):
+        assert send_update(engine, tmp_path, silo, 0, 1.0)
+    engine.tick()
+    engine.join("late", 1000, "tok")  # round 1 is already open without it
+    engine.tick()
+    assert engine.get_task("late", 0).kind == "wait"
+    for silo in ("s0", "s1"):
+        assert send_update(engine, tmp_path, silo, 1, 1.0)
+    engine.tick()
+    assert model.version == 2
+    task = engine.get_task("late", 0)
+    assert (task.kind, task.round, task.base_version) == ("train", 2, model.version)
