@@ -15,7 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-SCHEMA = """
+#: Added after the first release; `Store._migrate` adds it to older journals.
+SIGNATURE_COLUMN = "signature BLOB NOT NULL DEFAULT x''"
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS silos (
   silo_id TEXT PRIMARY KEY, joined_at REAL NOT NULL, last_seen REAL NOT NULL,
@@ -26,7 +28,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
   round INTEGER NOT NULL, silo_id TEXT NOT NULL, digest TEXT NOT NULL, path TEXT NOT NULL,
   size INTEGER NOT NULL, num_tokens INTEGER NOT NULL, train_loss REAL, base_eval_loss REAL,
-  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, signature BLOB NOT NULL DEFAULT x'',
+  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, {SIGNATURE_COLUMN},
   PRIMARY KEY (round, silo_id));
 CREATE TABLE IF NOT EXISTS evals (
   version INTEGER NOT NULL, source TEXT NOT NULL, loss REAL NOT NULL, tokens INTEGER NOT NULL,
@@ -90,7 +92,7 @@ class Store:
         """Bring a journal written by an older version up to SCHEMA (columns added since)."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(updates)")}
         if "signature" not in columns:
-            self._db.execute("ALTER TABLE updates ADD COLUMN signature BLOB NOT NULL DEFAULT x''")
+            self._db.execute(f"ALTER TABLE updates ADD COLUMN {SIGNATURE_COLUMN}")
 
     def close(self) -> None:
         with self._lock:

@@ -66,7 +66,7 @@ class UpdateVerifier:
                     silo=u.silo_id,
                     round=u.round,
                     digest=u.digest,
-                    signature=bytes(u.signature),
+                    signature=u.signature,
                     verdict="accepted",
                     reason="recorded before a restart",
                 )

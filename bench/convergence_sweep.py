@@ -78,6 +78,11 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+def central_twin(variant: Variant) -> str:
+    """The centralized variant a variant is compared with: the same batch per silo."""
+    return next(n for n, v in VARIANTS.items() if v.central and v.batch_size == variant.batch_size)
+
+
 def run_variant(name: str, variant: Variant, data: dict[str, Any], rounds: int) -> dict[str, Any]:
     """Train one variant in this process; its eval loss after each round(-equivalent)."""
     torch.set_num_threads(1)
@@ -93,15 +98,11 @@ def run_variant(name: str, variant: Variant, data: dict[str, Any], rounds: int) 
     shape = preset("tiny", vocab_size=int(silos[0].meta["vocab_size"]))
 
     def trainer(model: LlamaModel, loader: Loader, batch: int) -> Trainer:
-        cfg = TrainerConfig(
-            lr=variant.lr,
-            min_lr_ratio=plan.min_lr_ratio,
-            warmup_steps=plan.warmup_steps,
+        cfg = TrainerConfig.from_spec(
+            replace(plan, lr=variant.lr).training(batch),
             total_steps=rounds * plan.local_steps,
-            batch_size=batch,
-            seq_len=plan.seq_len,
-            reset_optimizer=variant.reset_optimizer,
             device="cpu",
+            reset_optimizer=variant.reset_optimizer,
         )
         return Trainer(model, cfg, loader)  # type: ignore[arg-type]
 
@@ -179,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             else "--rounds and --jobs must be >= 1"
         )
     for name in list(names):
-        batch = VARIANTS[name].batch_size
-        twin = next(n for n, v in VARIANTS.items() if v.central and v.batch_size == batch)
+        twin = central_twin(VARIANTS[name])
         if twin not in names:
             names.insert(0, twin)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="photon-sweep-"))
@@ -195,12 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         futures = {n: pool.submit(run_variant, n, VARIANTS[n], data, args.rounds) for n in names}
         results = {n: f.result() for n, f in futures.items()}
     for r in results.values():
-        # against the centralized run with the same batch per silo (the plan's by default)
-        batch = r["variant"]["batch_size"]
-        twin = next(
-            (n for n, v in VARIANTS.items() if v.central and v.batch_size == batch), "central"
-        )
-        central = results[twin]["final_eval_loss"] if twin in results else math.nan
+        twin = central_twin(Variant(**r["variant"]))
+        central = results[twin]["final_eval_loss"]
         r["fed_over_central_ppl"] = round(math.exp(r["final_eval_loss"] - central), 4)
         r["compared_with"] = twin
     print(f"\n{'variant':<28} {'eval loss':>9} {'ppl / central':>13}")
