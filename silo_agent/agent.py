@@ -23,6 +23,7 @@ from photon.metrics_http import serve_metrics
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
+from photon.trainer import Trainer, TrainerConfig, TrainStats
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
@@ -30,7 +31,6 @@ from silo_agent.heartbeat import Heartbeat
 from silo_agent.metrics import SiloMetrics
 from silo_agent.progress import Progress
 from silo_agent.state import SiloState
-from silo_agent.trainer import Trainer, TrainerConfig, TrainStats
 from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
 
 log = get_logger("silo_agent")
