@@ -21,8 +21,9 @@ from typing import Any
 
 import torch
 
-from bandwidth.codec import CODECS, decode_object, encode_object
+from bandwidth.codec import decode_object, encode_object
 from bench._transfer_env import MB, median
+from photon.codecs import CODECS, DEFAULT_BLOCK_SIZE
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.model import build_model, preset
 from photon.tokenizer import ByteTokenizer
@@ -30,7 +31,7 @@ from photon.trainer import Trainer, TrainerConfig
 
 TEXT_BYTES = 4_000_000
 """About this much stdlib source becomes training text."""
-BLOCK_SIZE = 256  # the federation's default block size
+BLOCK_SIZE = DEFAULT_BLOCK_SIZE  # the federation's default block size
 REPEATS = 3
 
 

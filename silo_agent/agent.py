@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from bandwidth.codec import ErrorFeedback, write_object
 from bandwidth.ratelimit import TokenBucket, parse_rate
+from photon.codecs import is_lossy
 from photon.data import TokenLoader, TokenShards, eval_batches
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
@@ -224,7 +225,7 @@ class SiloAgent:
 
     def _feedback(self) -> ErrorFeedback | None:
         """Error feedback for lossy codecs, restored from the last committed round."""
-        if self.spec.codec == "fp32":
+        if not is_lossy(self.spec.codec):
             return None
         feedback = ErrorFeedback()
         previous = self.state.trainer_dir
