@@ -50,7 +50,6 @@ CODECS: tuple[str, ...] = get_args(Codec)
 """Codecs for updates and full downloads."""
 ALL_CODECS: tuple[str, ...] = tuple(REGISTRY)
 """Every codec an object may name; `xor` is the lossless delta against a base the reader holds."""
-LOSSY_CODECS: tuple[str, ...] = tuple(name for name, info in REGISTRY.items() if info.lossy)
 BLOCKED_CODECS: tuple[str, ...] = tuple(name for name, info in REGISTRY.items() if info.blocked)
 
 DEFAULT_BLOCK_SIZE = 256
