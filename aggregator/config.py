@@ -19,6 +19,7 @@ from aggregator.strategies import OuterConfig
 from photon.configload import apply_env_overrides, from_mapping, read_toml
 from photon.errors import ConfigError
 from photon.federation import FederationSpec
+from photon.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 
 
 @dataclass(kw_only=True, slots=True)
@@ -38,7 +39,7 @@ class ServerConfig:
     #: Where to write the bound port once listening (useful with port 0).
     port_file: Path | None = None
     #: Transfer chunk size in bytes.
-    chunk_bytes: int = 2 * 1024 * 1024
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     #: Worker threads serving RPCs.
     max_workers: int = 32
     #: Checkpoints to keep on disk (older ones are pruned); 0 keeps all.
@@ -73,8 +74,7 @@ class ServerConfig:
             raise ConfigError("server.max_transfers_per_silo and max_transfers_total must be >= 1")
         if self.stream_idle_timeout_s <= 0 or self.max_norm_ratio < 0:
             raise ConfigError("server.stream_idle_timeout_s must be > 0, max_norm_ratio >= 0")
-        if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
-            raise ConfigError("server.chunk_bytes must be within [65536, 8388608] (try 2097152)")
+        check_chunk_bytes(self.chunk_bytes, "server.chunk_bytes")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -17,7 +17,11 @@ import torch
 from safetensors import safe_open
 
 from aggregator.aggregate import accumulate
-from aggregator.checkpoint import (
+from aggregator.privacy import PrivacyConfig, add_noise, noise_generator
+from aggregator.store import UpdateRow
+from aggregator.strategies import OuterConfig, make_outer
+from bandwidth.codec import write_object
+from photon.checkpoint import (
     OUTER_PREFIX,
     checkpoint_path,
     clean_tmp,
@@ -26,10 +30,6 @@ from aggregator.checkpoint import (
     prune,
     save_checkpoint,
 )
-from aggregator.privacy import PrivacyConfig, add_noise, noise_generator
-from aggregator.store import UpdateRow
-from aggregator.strategies import OuterConfig, make_outer
-from bandwidth.codec import write_object
 from photon.faults import crash_point
 from photon.federation import FederationSpec
 from photon.logs import get_logger

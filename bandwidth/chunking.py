@@ -28,8 +28,8 @@ from typing import Protocol
 from photon.errors import ChunkIntegrityError, TransferError
 from photon.fsutil import fsync_dir
 from photon.logs import get_logger
+from photon.wire import DEFAULT_CHUNK_BYTES
 
-CHUNK_SIZE = 2 * 1024 * 1024
 SYNC_EVERY = 32 * 1024 * 1024
 """A `PartialFile` fsyncs after this many new bytes, and at `sync()`/`close()`/`finalize()`."""
 _READ_SIZE = 1024 * 1024
@@ -98,7 +98,7 @@ def sha256_file(path: Path) -> str:
 
 
 def iter_file_chunks(
-    path: Path, *, start: int = 0, chunk_size: int = CHUNK_SIZE
+    path: Path, *, start: int = 0, chunk_size: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[ChunkData]:
     """Chunks of a file from byte `start` to its end, each with its offset and CRC-32.
 

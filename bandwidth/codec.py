@@ -34,22 +34,12 @@ from bandwidth.objectfmt import (
     pack_prefix,
     read_manifest,
 )
-from bandwidth.quantize import (
-    ALL_CODECS,
-    CODECS,
-    DEFAULT_BLOCK_SIZE,
-    MAX_BLOCK_SIZE,
-    MIN_BLOCK_SIZE,
-    decode_tensor,
-    encode_tensor,
-    quantize_roundtrip,
-    raw_length,
-)
+from bandwidth.quantize import decode_tensor, encode_tensor, quantize_roundtrip, raw_length
+from photon.codecs import ALL_CODECS, DEFAULT_BLOCK_SIZE, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from photon.errors import CodecError, ConfigError
 from photon.fsutil import atomic_open
 
 __all__ = [
-    "CODECS",
     "Digest",
     "ErrorFeedback",
     "Manifest",

@@ -24,7 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, NoReturn
 
-from bandwidth.quantize import ALL_CODECS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, raw_length
+from bandwidth.quantize import raw_length
+from photon.codecs import ALL_CODECS, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE
 from photon.errors import CodecError
 
 MAGIC = b"PHOTON\x00\x01"

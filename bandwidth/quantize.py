@@ -2,6 +2,7 @@
 
 Each codec is a pair `encode_<codec>(t) -> buffer` / `decode_<codec>(raw, numel) -> fp32`
 working on flat tensors; `encode_tensor` / `decode_tensor` dispatch by name and restore shapes.
+The names, and which codecs are lossy or blocked, are `photon.codecs`'s registry.
 Nothing here knows about zstd, files or manifests (see `bandwidth.codec`).
 
 Byte layouts (all little-endian, n = numel, nb = ceil(n / block_size)):
@@ -26,14 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-CODECS = ("fp32", "bf16", "int8", "int4")
-"""Codecs for updates and full downloads."""
-ALL_CODECS = (*CODECS, "xor")
-"""Every codec an object may name; `xor` is the lossless delta against a base the reader holds."""
-LOSSY_CODECS = ("bf16", "int8", "int4")
-MIN_BLOCK_SIZE = 8
-MAX_BLOCK_SIZE = 65536
-DEFAULT_BLOCK_SIZE = 256
+from photon.codecs import ALL_CODECS, BLOCKED_CODECS, CODECS, DEFAULT_BLOCK_SIZE
 
 Buffer = bytes | bytearray | memoryview
 
@@ -224,7 +218,7 @@ def encode_tensor(
         if base is None:
             raise ValueError("the xor codec needs the base tensor")
         return encode_xor(t, base)
-    if codec in ("int8", "int4"):
+    if codec in BLOCKED_CODECS:
         return (encode_int8 if codec == "int8" else encode_int4)(t, block_size)
     if codec in ("fp32", "bf16"):
         return (encode_fp32 if codec == "fp32" else encode_bf16)(t)
@@ -247,7 +241,7 @@ def decode_tensor(
         if base is None or base.numel() != numel:
             raise ValueError("the xor codec needs a base tensor of the same shape")
         flat = decode_xor(raw, base)
-    elif codec in ("int8", "int4"):
+    elif codec in BLOCKED_CODECS:
         flat = (decode_int8 if codec == "int8" else decode_int4)(raw, numel, block_size)
     else:
         flat = (decode_fp32 if codec == "fp32" else decode_bf16)(raw, numel)
@@ -267,7 +261,7 @@ def quantize_roundtrip(
         out = x.clone()
     elif codec == "bf16":
         out = x.to(torch.bfloat16).float()
-    elif codec in ("int8", "int4"):
+    elif codec in BLOCKED_CODECS:
         scales, q = quantize_blocks(x, block_size, 127 if codec == "int8" else 7)
         out = dequantize_blocks(scales, q.float(), block_size)
     else:

@@ -1,7 +1,7 @@
 """Codecs on a real delta: the `small` preset after one round of local training.
 
 Text is the top-level modules of Python's standard library, tokenized by the byte tokenizer
-(`photon.data.prepare`); the trainer is `silo_agent.trainer.Trainer` (AdamW, lr 1e-3, batch 8 x
+(`photon.data.prepare`); the trainer is `photon.trainer.Trainer` (AdamW, lr 1e-3, batch 8 x
 seq 128). delta = trained − initial, fp32. For each codec:
 
     ratio        fp32 bytes of the delta ÷ bytes of `encode_object(delta, codec)`
@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
-from bandwidth.codec import CODECS, decode_object, encode_object
+from bandwidth.codec import decode_object, encode_object
 from bench._transfer_env import MB, median
+from photon.codecs import CODECS, DEFAULT_BLOCK_SIZE
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.model import build_model, preset
 from photon.tokenizer import ByteTokenizer
-from silo_agent.trainer import Trainer, TrainerConfig
+from photon.trainer import Trainer, TrainerConfig
 
 TEXT_BYTES = 4_000_000
 """About this much stdlib source becomes training text."""
-BLOCK_SIZE = 256  # the federation's default block size
+BLOCK_SIZE = DEFAULT_BLOCK_SIZE  # the federation's default block size
 REPEATS = 3
 
 

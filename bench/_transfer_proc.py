@@ -19,6 +19,7 @@ from pathlib import Path
 from aggregator.globalmodel import Published
 from photon import logs
 from photon.fsutil import atomic_write_bytes
+from photon.wire import DEFAULT_CHUNK_BYTES
 from silo_agent.transfers import PendingUpdate, upload
 
 
@@ -92,7 +93,7 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench._transfer_proc")
     p.add_argument("cmd", choices=("standin", "rawtls", "upload"))
     p.add_argument("--certs", required=True)
-    p.add_argument("--chunk-bytes", type=int, default=2 << 20)
+    p.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)
     p.add_argument("--state", help="server state/spool folder")
     p.add_argument("--listen", default="127.0.0.1")
     p.add_argument("--port-file")

@@ -5,7 +5,7 @@
 The convergence benchmark (bench/convergence.py) runs the real federation: processes, mTLS,
 codecs, checkpoints. That costs ~17 minutes per federated run on 2 cores, too slow to compare
 recipes. This sweep runs the same arithmetic in one process per variant and nothing else: the
-same corpus (bench/_convergence_data.py), model, inner loop (silo_agent.trainer.Trainer),
+same corpus (bench/_convergence_data.py), model, inner loop (photon.trainer.Trainer),
 equal-token mean of the silos' deltas and outer optimizers (aggregator.strategies), and the
 same data-parallel-equivalent centralized baseline (batch 4 x b, rounds x H steps). Nothing
 goes over a network, so its numbers say which recipe to run, not what the system achieves;
@@ -42,7 +42,7 @@ from photon.centralized import HeldOut, UnionLoader
 from photon.data import TokenLoader, TokenShards
 from photon.fsutil import atomic_write_bytes
 from photon.model import LlamaModel, build_model, preset
-from silo_agent.trainer import Trainer, TrainerConfig
+from photon.trainer import Trainer, TrainerConfig
 
 Loader = TokenLoader | UnionLoader
 

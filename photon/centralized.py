@@ -2,7 +2,7 @@
 
 Federated results mean something only next to this number. `train_centralized` builds the
 same initial model as a federation's version 0 (`build_model(preset, seed)`), trains it with
-the silo's own inner loop (`silo_agent.trainer.Trainer`: AdamW, cosine schedule, clip) on
+the silo's own inner loop (`photon.trainer.Trainer`: AdamW, cosine schedule, clip) on
 batches whose rows are drawn round-robin from every silo's train split, evaluates every
 `eval_every` steps, and writes a `summary.json` shaped like the aggregator's (one `rounds`
 row per evaluation interval, zero bytes on the wire) plus `"mode": "centralized"`.
@@ -33,7 +33,7 @@ from photon.evaluation import evaluate_loss
 from photon.federation import TrainingSpec
 from photon.fsutil import atomic_write_bytes, atomic_write_with
 from photon.model import LlamaModel, build_model, preset
-from silo_agent.trainer import Trainer, TrainerConfig
+from photon.trainer import Trainer, TrainerConfig
 
 Echo = Callable[[str], None]
 SUMMARY = "summary.json"

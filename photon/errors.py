@@ -2,7 +2,8 @@
 
     PhotonError                      base of every error Photon raises on purpose
     ├── ConfigError                  a config file or option is wrong; names the key and the fix
-    ├── DataError                    token shards missing, corrupt or mismatched
+    ├── DataError                    stored data (token shards, checkpoints) missing or corrupt
+    │   └── CheckpointError          a checkpoint file is truncated, corrupt or not one
     ├── PKIError                     certificates: missing, expired, foreign CA, would overwrite
     ├── TransferError                moving an object failed; carries transfer id and offset
     │   ├── ChunkIntegrityError      a chunk's CRC, offset or the object's digest is wrong
@@ -39,7 +40,11 @@ class ConfigError(PhotonError):
 
 
 class DataError(PhotonError):
-    """Token shards are missing, corrupt, or were made with another tokenizer."""
+    """Stored data (token shards, checkpoints) is missing, corrupt, or does not match."""
+
+
+class CheckpointError(DataError):
+    """A checkpoint file is truncated, corrupt, or does not match its recorded digest."""
 
 
 class PKIError(PhotonError):

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from aggregator.checkpoint import Checkpoint, CheckpointError, latest_checkpoint, load_checkpoint
+from photon.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint
+from photon.errors import CheckpointError
 from photon.fsutil import atomic_write_bytes, atomic_write_with
 from photon.model import LlamaModel, ModelConfig
 from photon.tokenizer import ByteTokenizer

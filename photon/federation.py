@@ -10,12 +10,16 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from photon.codecs import (
+    DEFAULT_BLOCK_SIZE,
+    MAX_FEDERATION_BLOCK_SIZE,
+    MIN_FEDERATION_BLOCK_SIZE,
+    Codec,
+)
 from photon.configload import from_mapping
 from photon.errors import ConfigError
-
-Codec = Literal["fp32", "bf16", "int8", "int4"]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -68,7 +72,7 @@ class FederationSpec:
     #: How deltas travel: fp32 (lossless), bf16, int8 or int4 (with error feedback).
     codec: Codec = "fp32"
     #: Quantization block size for int8/int4.
-    block_size: int = 256
+    block_size: int = DEFAULT_BLOCK_SIZE
     #: Seed for model initialisation, silo sampling and data order.
     seed: int = 0
     #: Held-out batches each evaluation uses.
@@ -81,8 +85,11 @@ class FederationSpec:
 
     def __post_init__(self) -> None:
         _positive(self, ("rounds", "local_steps", "eval_batches"), "federation")
-        if not 16 <= self.block_size <= 4096:
-            raise ConfigError("federation.block_size must be within [16, 4096] (try 256)")
+        low, high = MIN_FEDERATION_BLOCK_SIZE, MAX_FEDERATION_BLOCK_SIZE
+        if not low <= self.block_size <= high:
+            raise ConfigError(
+                f"federation.block_size must be within [{low}, {high}] (try {DEFAULT_BLOCK_SIZE})"
+            )
 
     @property
     def total_steps(self) -> int:

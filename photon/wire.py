@@ -1,10 +1,29 @@
-"""Wire settings both daemons share: message limits, keepalive, the insecure identity header."""
+"""Wire settings both daemons share: chunk-size bounds, message limits, keepalive, the insecure
+identity header."""
 
 from __future__ import annotations
+
+from photon.errors import ConfigError
+
+MIN_CHUNK_BYTES = 64 * 1024
+"""The smallest transfer chunk a config may set."""
+MAX_CHUNK_BYTES = 8 * 1024 * 1024
+"""The largest transfer chunk a config may set (gRPC messages are allowed 1 MiB more)."""
+DEFAULT_CHUNK_BYTES = 2 * 1024 * 1024
+"""The transfer chunk both daemons use unless configured otherwise."""
 
 #: Metadata key naming the silo on a plaintext (--insecure) connection, where no certificate
 #: carries its identity. Ignored on TLS connections.
 INSECURE_IDENTITY_KEY = "x-photon-silo"
+
+
+def check_chunk_bytes(chunk_bytes: int, key: str) -> None:
+    """ConfigError naming `key` when `chunk_bytes` is outside the bounds above."""
+    if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
+        raise ConfigError(
+            f"{key} must be within [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}] "
+            f"(try {DEFAULT_CHUNK_BYTES})"
+        )
 
 
 def grpc_options(chunk_bytes: int) -> list[tuple[str, int]]:

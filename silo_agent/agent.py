@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from bandwidth.codec import ErrorFeedback, write_object
 from bandwidth.ratelimit import TokenBucket, parse_rate
+from photon.codecs import is_lossy
 from photon.data import TokenLoader, TokenShards, eval_batches
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
@@ -23,6 +24,7 @@ from photon.metrics_http import serve_metrics
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
+from photon.trainer import Trainer, TrainerConfig, TrainStats
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
@@ -30,7 +32,6 @@ from silo_agent.heartbeat import Heartbeat
 from silo_agent.metrics import SiloMetrics
 from silo_agent.progress import Progress
 from silo_agent.state import SiloState
-from silo_agent.trainer import Trainer, TrainerConfig, TrainStats
 from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
 
 log = get_logger("silo_agent")
@@ -224,7 +225,7 @@ class SiloAgent:
 
     def _feedback(self) -> ErrorFeedback | None:
         """Error feedback for lossy codecs, restored from the last committed round."""
-        if self.spec.codec == "fp32":
+        if not is_lossy(self.spec.codec):
             return None
         feedback = ErrorFeedback()
         previous = self.state.trainer_dir

@@ -14,6 +14,7 @@ from typing import Any
 from photon.configload import apply_env_overrides, from_mapping, read_toml
 from photon.errors import ConfigError
 from photon.retry import RetryPolicy
+from photon.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 
 
 @dataclass(kw_only=True, slots=True)
@@ -58,7 +59,7 @@ class TransferSection:
     """How bytes move."""
 
     #: Chunk size in bytes for uploads.
-    chunk_bytes: int = 2 * 1024 * 1024
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
     #: Upload cap, e.g. "50MB/s", "100mbit" or "unlimited".
     max_upload_rate: str = "unlimited"
     #: Download cap, same syntax.
@@ -67,8 +68,7 @@ class TransferSection:
     rpc_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
-        if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
-            raise ConfigError("transfer.chunk_bytes must be within [65536, 8388608]")
+        check_chunk_bytes(self.chunk_bytes, "transfer.chunk_bytes")
 
 
 @dataclass(kw_only=True, slots=True)

@@ -40,10 +40,10 @@ from photon.errors import ConfigError, DataError
 from photon.federation import FederationSpec
 from photon.logs import get_logger
 from photon.model import LlamaModel, ModelConfig, build_model
+from photon.trainer import Trainer, TrainerConfig, TrainStats, resolve_device
 from photon.v1 import federation_pb2 as pb
 from silo_agent.agent import SiloAgent, trainer_config
 from silo_agent.config import SiloConfig
-from silo_agent.trainer import Trainer, TrainerConfig, TrainStats, resolve_device
 
 log = get_logger("silo_agent.distributed")
 

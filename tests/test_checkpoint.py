@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from torch import Tensor
 
-import aggregator.checkpoint as ckpt
-from aggregator.checkpoint import (
-    CheckpointError,
+import photon.checkpoint as ckpt
+from aggregator.strategies import OuterConfig, OuterOptimizer, make_outer
+from photon.checkpoint import (
     clean_tmp,
     latest_checkpoint,
     list_versions,
@@ -25,7 +25,7 @@ from aggregator.checkpoint import (
     prune,
     save_checkpoint,
 )
-from aggregator.strategies import OuterConfig, OuterOptimizer, make_outer
+from photon.errors import CheckpointError
 
 META = {"round": "7", "model_config": '{"preset": "tiny"}', "federation_digest": "abc123"}
 

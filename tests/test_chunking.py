@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bandwidth.chunking import (
-    CHUNK_SIZE,
     ChunkAssembler,
     ChunkData,
     Digest,
@@ -22,6 +21,7 @@ from bandwidth.chunking import (
     sha256_file,
 )
 from photon.errors import ChunkIntegrityError, TransferError
+from photon.wire import DEFAULT_CHUNK_BYTES
 
 SETTINGS = settings(
     max_examples=50,
@@ -270,7 +270,7 @@ def test_streams_a_sparse_2_2_gib_object(tmp_path: Path):
     digest = sha256_file(src)
     dest = tmp_path / "recv.obj"
     with PartialFile(dest, size=size, digest=digest, transfer_id="big") as part:
-        receive_chunks(part, iter_file_chunks(src, chunk_size=CHUNK_SIZE))
+        receive_chunks(part, iter_file_chunks(src, chunk_size=DEFAULT_CHUNK_BYTES))
         part.finalize()
     assert dest.stat().st_size == size
     with src.open("rb") as a, dest.open("rb") as b:

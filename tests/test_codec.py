@@ -17,7 +17,6 @@ from safetensors.torch import load_file, save_file
 
 from bandwidth import quantize as q
 from bandwidth.codec import (
-    CODECS,
     ErrorFeedback,
     decode_object,
     encode_delta_download,
@@ -29,6 +28,7 @@ from bandwidth.codec import (
     write_object,
 )
 from bandwidth.objectfmt import MAGIC, PREFIX_SIZE
+from photon.codecs import CODECS
 from photon.errors import CodecError, ConfigError
 
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,6 +13,7 @@ from aggregator.server import AggregatorDaemon
 from aggregator.store import Store
 from photon.errors import ConfigError
 from photon.federation import FederationSpec, TrainingSpec
+from photon.wire import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from silo_agent.config import load_silo_config
 from tests.harness import make_federation
 
@@ -122,6 +123,25 @@ def test_silo_config_loads_and_validates(tmp_path: Path) -> None:
         load_silo_config(write(tmp_path, GOOD_SILO + 'device = "tpu"\n'), environ={})
     with pytest.raises(ConfigError, match=re.escape("transfer.chunk_bytes must be within")):
         load_silo_config(write(tmp_path, GOOD_SILO + "[transfer]\nchunk_bytes = 10\n"), environ={})
+
+
+@pytest.mark.parametrize("value", [MIN_CHUNK_BYTES, MAX_CHUNK_BYTES])
+def test_both_daemons_accept_the_chunk_bounds(tmp_path: Path, value: int) -> None:
+    agg = GOOD_AGG.replace("[rounds]", f"chunk_bytes = {value}\n[rounds]")
+    assert load_aggregator_config(write(tmp_path, agg), environ={}).server.chunk_bytes == value
+    silo = GOOD_SILO + f"[transfer]\nchunk_bytes = {value}\n"
+    assert load_silo_config(write(tmp_path, silo), environ={}).transfer.chunk_bytes == value
+
+
+@pytest.mark.parametrize("value", [MIN_CHUNK_BYTES - 1, MAX_CHUNK_BYTES + 1])
+def test_both_daemons_refuse_a_chunk_outside_the_bounds(tmp_path: Path, value: int) -> None:
+    within = f"must be within [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}] (try 2097152)"
+    agg = GOOD_AGG.replace("[rounds]", f"chunk_bytes = {value}\n[rounds]")
+    with pytest.raises(ConfigError, match=re.escape(f"server.chunk_bytes {within}")):
+        load_aggregator_config(write(tmp_path, agg), environ={})
+    silo = GOOD_SILO + f"[transfer]\nchunk_bytes = {value}\n"
+    with pytest.raises(ConfigError, match=re.escape(f"transfer.chunk_bytes {within}")):
+        load_silo_config(write(tmp_path, silo), environ={})
 
 
 def test_federation_spec_json_round_trip_and_validation() -> None:

@@ -23,7 +23,7 @@ from aggregator.config import (
 )
 from aggregator.strategies import OuterConfig
 from photon.cli.config import config
-from photon.configexample import (
+from photon.cli.configexample import (
     KINDS,
     PLACEHOLDERS,
     SET_BY_AGGREGATOR,

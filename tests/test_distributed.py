@@ -21,8 +21,8 @@ from photon.data import TokenLoader, TokenShards, prepare
 from photon.errors import DataError
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.tokenizer import ByteTokenizer
+from photon.trainer import Trainer, TrainerConfig
 from silo_agent.distributed import RankGroup, RankLoader, RankTraining, init_group
-from silo_agent.trainer import Trainer, TrainerConfig
 from tests.harness import Federation, free_port, make_federation, wait_for, write_corpus
 
 pytestmark = pytest.mark.skipif(

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from aggregator.checkpoint import CheckpointError, save_checkpoint
+from photon.checkpoint import save_checkpoint
 from photon.cli.export import export as export_cli
 from photon.cli.export import generate as generate_cli
-from photon.errors import ConfigError
+from photon.errors import CheckpointError, ConfigError
 from photon.export import export_hf, load_model, resolve_checkpoint
 from photon.generate import generate_text, sample
 from photon.model import ModelConfig, build_model, preset

@@ -47,9 +47,10 @@ from aggregator.config import load_aggregator_config
 from aggregator.server import AggregatorDaemon
 from aggregator.store import Store
 from bandwidth.chunking import PartialFile, sha256_file
-from bandwidth.codec import CODECS, decode_object, encode_object, read_manifest
+from bandwidth.codec import decode_object, encode_object, read_manifest
 from bandwidth.objectfmt import MAGIC, PREFIX_SIZE
 from photon import pki
+from photon.codecs import CODECS
 from photon.errors import CodecError, TransferError
 from photon.signing import sign_digest
 from photon.tls import TLSFiles, channel_credentials

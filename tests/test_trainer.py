@@ -13,7 +13,7 @@ from photon.data import TokenLoader, TokenShards, prepare
 from photon.errors import ConfigError, DataError
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.tokenizer import ByteTokenizer
-from silo_agent.trainer import Trainer, TrainerConfig, lr_at
+from photon.trainer import Trainer, TrainerConfig, lr_at
 
 MODEL = ModelConfig(
     vocab_size=ByteTokenizer.vocab_size,

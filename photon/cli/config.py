@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from photon.cli.common import photon_errors_as_click
-from photon.configexample import KINDS
+from photon.cli.configexample import KINDS
 
 
 @click.group()
@@ -33,7 +33,7 @@ def example(kind: str, out_file: Path | None) -> None:
       photon config example aggregator > aggregator.toml
       photon config example silo --out silo.toml
     """
-    from photon.configexample import render_example
+    from photon.cli.configexample import render_example
     from photon.fsutil import atomic_write_bytes
 
     text = render_example(kind)

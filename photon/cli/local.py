@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from photon.cli.common import photon_errors_as_click
+from photon.codecs import CODECS
 
 
 @click.command()
@@ -24,7 +25,7 @@ from photon.cli.common import photon_errors_as_click
     "--codec",
     default="fp32",
     show_default=True,
-    type=click.Choice(["fp32", "bf16", "int8", "int4"]),
+    type=click.Choice(CODECS),
     help="How deltas travel.",
 )
 @click.option(

@@ -29,7 +29,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from photon.errors import PhotonError
+from photon.errors import CheckpointError
 from photon.fsutil import atomic_write_with
 from photon.logs import get_logger
 
@@ -40,13 +40,6 @@ _NAME = re.compile(r"^v(\d{6,})\.safetensors$")
 _TMP_MARK = ".tmp-"
 _COMPUTED_META = ("version", "param_digest", "outer_digest")
 _DIGEST_TAG = b"photon-param-digest/1"
-
-
-class CheckpointError(PhotonError):
-    """A checkpoint file is truncated, corrupt, or does not match its recorded digest.
-
-    Meant for photon/errors.py (under PhotonError); defined here until it moves there.
-    """
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,7 @@
-"""The silo's inner loop: AdamW with a cosine schedule indexed by the global step.
+"""The inner loop: AdamW with a cosine schedule indexed by the global step.
+
+Shared core: the silo trains its rounds with it, and the centralized baseline
+(`photon.centralized`) runs it as one long run.
 
 Photon's recipe (small local batches, high learning rates) is the default. The learning rate
 continues across federated rounds because the schedule reads the global step the aggregator
