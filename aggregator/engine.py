@@ -1,7 +1,8 @@
 """The round engine: membership, round selection, tasks, accepting updates, closing rounds.
 
-It knows nothing of gRPC: the servicer calls it with a silo id (from the client certificate)
-and plain values, and turns its `PhotonError`s into status codes. All mutable state sits behind
+It knows nothing of gRPC: it implements `FederationHandler`, which the servicer calls with the
+silo id the auth interceptor verified and plain values, turning its `PhotonError`s into status
+codes. All mutable state sits behind
 one condition variable; long work (aggregating, evaluating, streaming bytes) runs outside it.
 """
 
@@ -15,10 +16,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from aggregator.audit import AUDIT_HEAD, AuditLog
+from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
+from aggregator.handler import Admission, Direction, TaskDecision
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
@@ -28,23 +31,9 @@ from photon.faults import crash_point
 from photon.logs import get_logger
 
 if TYPE_CHECKING:
-    from aggregator.globalmodel import GlobalModel
+    from aggregator.globalmodel import GlobalModel, Published
 
 log = get_logger("aggregator.engine")
-
-TaskKind = Literal["train", "eval", "wait", "done"]
-
-
-@dataclass(frozen=True, slots=True)
-class TaskDecision:
-    kind: TaskKind
-    round: int = 0
-    base_version: int = 0
-    local_steps: int = 0
-    global_step: int = 0
-    deadline_s: float = 0.0
-    retry_after_s: float = 0.0
-    message: str = ""
 
 
 @dataclass(slots=True)
@@ -97,7 +86,7 @@ class RoundEngine:
         self.uploads.clean_closed_rounds(before=version)
 
     # -- membership -------------------------------------------------------------------------
-    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> bytes:
+    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission:
         self.members.authorize(silo)
         if not 0 <= num_train_tokens < MAX_COUNT:
             raise UpdateRejected("num_train_tokens must be in [0, 2**62)", silo=silo)
@@ -111,7 +100,8 @@ class RoundEngine:
         with self._cond:
             self.members.join(silo, num_train_tokens)
             self._cond.notify_all()
-        return self.spec.to_json()
+        interval = max(1.0, self.cfg.rounds.heartbeat_timeout_s / 4)
+        return Admission(spec_json=self.spec.to_json(), heartbeat_interval_s=interval)
 
     def heartbeat(self, silo: str) -> int:
         with self._cond:
@@ -178,7 +168,17 @@ class RoundEngine:
             self.store.add_eval(version, silo, loss, tokens)
             self._cond.notify_all()
 
-    # -- uploads ----------------------------------------------------------------------------
+    # -- transfers --------------------------------------------------------------------------
+    def download(self, version: int, have_version: int) -> Published | None:
+        return self.model.download(version, have_version)
+
+    def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:
+        self.store.add_traffic(round_, silo, direction, n_bytes)
+
+    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
+        self.heartbeat(silo)
+        return self.uploads.committed(silo, transfer_id)
+
     def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
         """Check an upload may proceed and return its (possibly resumed) receive session."""
         with self._cond:
@@ -330,35 +330,44 @@ class RoundEngine:
         return max(1, math.ceil(rounds.quorum * rounds.min_silos))
 
     def _should_close(self, op: _OpenRound) -> bool:
-        selected = set(op.row.selected)
-        reported = op.reported & selected
-        if not reported:
+        selected = frozenset(op.row.selected)
+        reported = frozenset(op.reported) & selected
+        decision = decide_close(
+            RoundFacts(
+                selected=selected,
+                reported=reported,
+                pending_online=frozenset(
+                    s for s in selected - reported if self.members.is_online(s)
+                ),
+                quorum=self.cfg.rounds.quorum,
+                now=self.clock(),
+                deadline_at=op.row.deadline_at,
+                deadline_s=self.cfg.rounds.deadline_s,
+            )
+        )
+        if isinstance(decision, ExtendDeadline):
+            self._extend_deadline(op, decision)
             return False
-        if reported == selected:
-            return True
-        quorum = math.ceil(self.cfg.rounds.quorum * len(selected))
-        pending_alive = [s for s in selected - reported if self.members.is_online(s)]
-        if len(reported) >= quorum and not pending_alive:
-            log.warning(
-                "round_closing_without",
-                round=op.row.round,
-                missing=sorted(selected - reported),
-                reason="lost",
-            )
-            return True
-        if self.clock() >= op.row.deadline_at:
-            if len(reported) >= quorum:
+        if isinstance(decision, Close):
+            if decision.reason == "lost":
                 log.warning(
-                    "round_deadline", round=op.row.round, missing=sorted(selected - reported)
+                    "round_closing_without",
+                    round=op.row.round,
+                    missing=list(decision.missing),
+                    reason="lost",
                 )
-                return True
-            new_deadline = self.clock() + self.cfg.rounds.deadline_s
-            self.store.extend_deadline(op.row.round, new_deadline)
-            op.row = dataclasses.replace(op.row, deadline_at=new_deadline)
-            log.warning(
-                "round_deadline_extended", round=op.row.round, reported=len(reported), quorum=quorum
-            )
+            elif decision.reason == "deadline":
+                log.warning("round_deadline", round=op.row.round, missing=list(decision.missing))
+            return True
         return False
+
+    def _extend_deadline(self, op: _OpenRound, ext: ExtendDeadline) -> None:
+        """Journal the round's new deadline, then adopt it."""
+        self.store.extend_deadline(op.row.round, ext.until)
+        op.row = dataclasses.replace(op.row, deadline_at=ext.until)
+        log.warning(
+            "round_deadline_extended", round=op.row.round, reported=ext.reported, quorum=ext.quorum
+        )
 
     def _close(self, op: _OpenRound) -> None:
         started = time.monotonic()

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from aggregator.auth import SERVICE, FederationAuth
 from aggregator.config import AggregatorConfig
 from aggregator.engine import RoundEngine
 from aggregator.evaluator import Evaluator
@@ -33,8 +34,6 @@ from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import grpc_options
 
 log = get_logger("aggregator.server")
-
-SERVICE_NAME = "photon.v1.Federation"
 
 
 def resolve_spec(spec: FederationSpec) -> None:
@@ -142,24 +141,32 @@ class AggregatorDaemon:
             )
 
     # -- serving ----------------------------------------------------------------------------
-    def start(self) -> int:
+    def _build_server(self) -> grpc.Server:
+        """The gRPC server: the Federation service behind its auth interceptor, and health."""
         srv = self.cfg.server
+        auth = FederationAuth(
+            insecure=srv.insecure, revocations=self._revocations(), rate=self.limits.rate
+        )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.max_workers),
             options=grpc_options(srv.chunk_bytes),
+            interceptors=[auth],
         )
         servicer = FederationServicer(
             self.engine,
             chunk_bytes=srv.chunk_bytes,
             long_poll_s=self.cfg.rounds.long_poll_s,
-            insecure=srv.insecure,
             status=self.status,
-            revocations=self._revocations(),
             limits=self.limits,
             metrics=self.metrics,
         )
         pb_grpc.add_FederationServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        return server
+
+    def start(self) -> int:
+        srv = self.cfg.server
+        server = self._build_server()
         if srv.insecure:
             log.warning(
                 "insecure_mode",
@@ -178,7 +185,7 @@ class AggregatorDaemon:
         served = serve_metrics(srv.metrics_listen, self.metrics.registry)
         if served is not None:
             self.metrics_server, self.metrics_port = served
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if srv.port_file is not None:
             atomic_write_bytes(srv.port_file, str(self.port).encode())
@@ -238,7 +245,7 @@ class AggregatorDaemon:
         return {v for v, src, _, _ in self.store.evals() if src == AGGREGATOR_EVAL}
 
     def shutdown(self, grace: float = 5.0) -> None:
-        for name in ("", SERVICE_NAME):
+        for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.metrics_server is not None:
             self.metrics_server.shutdown()

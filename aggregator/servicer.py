@@ -1,7 +1,9 @@
-"""gRPC servicer: translates messages to engine calls and domain errors to status codes.
+"""gRPC servicer: translates messages to `FederationHandler` calls and domain errors to status
+codes.
 
 This is the only place that knows both gRPC and Photon's errors. Each status carries a message
-a person can act on.
+a person can act on. Who the caller is was settled before a method runs, by the interceptor in
+`aggregator.auth`; methods read it with `caller()`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from aggregator.engine import RoundEngine
+from aggregator.auth import caller
+from aggregator.handler import FederationHandler
 from aggregator.limits import Limits
 from aggregator.metrics import AggregatorMetrics
 from aggregator.uploads import UploadHeaderInfo
@@ -24,11 +27,8 @@ from bandwidth.chunking import iter_file_chunks
 from photon import errors
 from photon.faults import crash_point
 from photon.logs import get_logger
-from photon.pki import RevocationList
-from photon.tls import peer_certificate_pem, peer_identity
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
-from photon.wire import INSECURE_IDENTITY_KEY
 
 log = get_logger("aggregator.servicer")
 
@@ -85,65 +85,36 @@ def translated(fn: F) -> F:
 class FederationServicer(pb_grpc.FederationServicer):
     def __init__(
         self,
-        engine: RoundEngine,
+        handler: FederationHandler,
         *,
         chunk_bytes: int,
         long_poll_s: float,
-        insecure: bool,
         status: Callable[[], dict[str, Any]] | None = None,
-        revocations: RevocationList | None = None,
         limits: Limits | None = None,
         metrics: AggregatorMetrics | None = None,
     ) -> None:
-        self.engine = engine
-        self.revocations = revocations
+        self.handler = handler
         self.limits = limits
         self.metrics = metrics
-        self.status = status or engine.status
+        self.status = status or handler.status
         self.chunk_bytes = chunk_bytes
         self.long_poll_s = long_poll_s
-        self.insecure = insecure
-
-    def _silo(self, context: grpc.ServicerContext) -> str:
-        silo = peer_identity(context)
-        if silo is None and self.insecure:
-            silo = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)
-        if not silo:
-            context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "no client certificate identity; connect with a federation silo "
-                "certificate (photon certs issue silo NAME)",
-            )
-        if self.limits is not None:
-            try:
-                self.limits.rate.check(str(silo))
-            except errors.ResourceExhausted as exc:
-                _abort(context, exc, "rate")
-        pem = peer_certificate_pem(context)
-        if (
-            self.revocations is not None
-            and pem is not None
-            and (self.revocations.is_revoked(pem) or self.revocations.is_revoked(str(silo)))
-        ):
-            log.warning("revoked_certificate_refused", silo=silo)
-            context.abort(
-                grpc.StatusCode.PERMISSION_DENIED,
-                f"the certificate of {silo!r} is revoked by the federation operator",
-            )
-        return str(silo)
 
     @translated
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
-        silo = self._silo(context)
-        spec = self.engine.join(silo, request.num_train_tokens, request.tokenizer_digest)
-        interval = max(1.0, self.engine.cfg.rounds.heartbeat_timeout_s / 4)
-        return pb.JoinReply(silo_id=silo, federation_spec_json=spec, heartbeat_interval_s=interval)
+        silo = caller().silo
+        admitted = self.handler.join(silo, request.num_train_tokens, request.tokenizer_digest)
+        return pb.JoinReply(
+            silo_id=silo,
+            federation_spec_json=admitted.spec_json,
+            heartbeat_interval_s=admitted.heartbeat_interval_s,
+        )
 
     @translated
     def Heartbeat(
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatReply:
-        silo = self._silo(context)
+        silo = caller().silo
         log.debug(
             "heartbeat",
             silo=silo,
@@ -152,14 +123,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             loss=request.loss,
             phase=request.phase,
         )
-        return pb.HeartbeatReply(open_round=self.engine.heartbeat(silo))
+        return pb.HeartbeatReply(open_round=self.handler.heartbeat(silo))
 
     @translated
     def GetTask(self, request: pb.GetTaskRequest, context: grpc.ServicerContext) -> pb.Task:
-        silo = self._silo(context)
+        silo = caller().silo
         remaining = context.time_remaining()
         wait = self.long_poll_s if remaining is None else min(self.long_poll_s, remaining - 1)
-        d = self.engine.get_task(silo, wait)
+        d = self.handler.get_task(silo, wait)
         kind = {
             "train": pb.Task.TRAIN,
             "eval": pb.Task.EVAL,
@@ -180,14 +151,14 @@ class FederationServicer(pb_grpc.FederationServicer):
     def Download(
         self, request: pb.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.DownloadChunk]:
-        silo = self._silo(context)
         try:
-            self.engine.heartbeat(silo)
-            pub = self.engine.model.download(request.version, request.have_version)
+            silo = caller().silo
+            current = self.handler.heartbeat(silo)
+            pub = self.handler.download(request.version, request.have_version)
         except errors.PhotonError as exc:
             _abort(context, exc, "Download")
         if pub is None:
-            _not_found(context, request.version, self.engine.model.version)
+            _not_found(context, request.version, current)
         if request.offset > pub.size:
             context.abort(
                 grpc.StatusCode.OUT_OF_RANGE,
@@ -214,18 +185,18 @@ class FederationServicer(pb_grpc.FederationServicer):
                     sent += len(c.data)
                     progress()
             finally:
-                self.engine.store.add_traffic(pub.version, silo, "down", sent)
+                self.handler.record_traffic(pub.version, silo, "down", sent)
 
     @translated
     def Upload(
         self, request_iterator: Iterator[pb.UploadChunk], context: grpc.ServicerContext
     ) -> pb.UploadReply:
-        silo = self._silo(context)
+        silo = caller().silo
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
             raise errors.UpdateRejected("the first Upload message must be a header")
         info = _header_info(first.header)
-        session = self.engine.begin_upload(silo, info)
+        session = self.handler.begin_upload(silo, info)
         generation = session.claim()
         received = 0
         with self._transfer(silo, "up", context) as progress:
@@ -241,14 +212,14 @@ class FederationServicer(pb_grpc.FederationServicer):
                     crash_point("aggregator.upload_chunk")
             finally:
                 session.sync()
-                self.engine.store.add_traffic(info.round, silo, "up", received)
+                self.handler.record_traffic(info.round, silo, "up", received)
         if session.committed < info.size:
             return pb.UploadReply(
                 status=pb.UploadReply.INCOMPLETE,
                 committed_offset=session.committed,
                 message="stream ended before the object was complete",
             )
-        self.engine.complete_upload(silo, info, session.finalize(), peer_certificate_pem(context))
+        self.handler.complete_upload(silo, info, session.finalize(), caller().certificate)
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
 
     @contextmanager
@@ -278,25 +249,24 @@ class FederationServicer(pb_grpc.FederationServicer):
     def UploadStatus(
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusReply:
-        silo = self._silo(context)
-        self.engine.heartbeat(silo)
-        committed, complete = self.engine.uploads.committed(silo, request.transfer_id)
+        silo = caller().silo
+        committed, complete = self.handler.upload_status(silo, request.transfer_id)
         return pb.UploadStatusReply(committed_offset=committed, complete=complete, accepted=False)
 
     @translated
     def ReportEval(self, request: pb.EvalReport, context: grpc.ServicerContext) -> pb.EvalAck:
-        silo = self._silo(context)
-        self.engine.report_eval(silo, request.version, request.loss, request.tokens)
+        silo = caller().silo
+        self.handler.report_eval(silo, request.version, request.loss, request.tokens)
         return pb.EvalAck()
 
     @translated
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveReply:
-        self.engine.leave(self._silo(context), request.reason[:200])
+        self.handler.leave(caller().silo, request.reason[:200])
         return pb.LeaveReply()
 
     @translated
     def Status(self, request: pb.StatusRequest, context: grpc.ServicerContext) -> pb.StatusReply:
-        self._silo(context)  # any federation certificate may look
+        caller()  # any federation certificate may look
         return pb.StatusReply(status_json=json.dumps(self.status()).encode())
 
 

@@ -1,6 +1,6 @@
 """Entry point of the benchmark's helper processes: `python -m bench._transfer_proc CMD ...`.
 
-    standin   our gRPC server (FederationServicer + stand-in engine) over mTLS
+    standin   our gRPC server (FederationServicer + stand-in handler) over mTLS
     rawtls    the raw TLS baseline server
     upload    one upload with the real silo client; writes {"seconds", "outcome"} as JSON
 

@@ -1,12 +1,13 @@
-"""Our real gRPC server (`FederationServicer` over mTLS) around a minimal stand-in engine.
+"""Our real gRPC server (`FederationServicer` over mTLS) around a minimal `FederationHandler`.
 
-The stand-in provides exactly what the servicer's Upload, UploadStatus, Download and Heartbeat
-handlers call: `begin_upload` returns a real `UploadRegistry(...).open(...)` session (so every
-byte is CRC-checked, hashed, written to the spool `.partial`, fsynced every 32 MiB and the
-SHA-256 verified at `finalize`), `complete_upload` deletes the verified file and says True,
-`model.download` serves one file, and `store.add_traffic` appends each stream's byte count to
-`traffic.jsonl` so the benchmark can count bytes the server received. The servicer gets the
-daemon's default `Limits` (transfer slots, request rate, idle watchdog) and no metrics.
+The stand-in serves exactly what the transfer RPCs (Upload, UploadStatus, Download, Heartbeat)
+need: `begin_upload` returns a real `UploadRegistry(...).open(...)` session (so every byte is
+CRC-checked, hashed, written to the spool `.partial`, fsynced every 32 MiB and the SHA-256
+verified at `finalize`), `complete_upload` deletes the verified file and says True, `download`
+serves one file, and `record_traffic` appends each stream's byte count to `traffic.jsonl` so the
+benchmark can count bytes the server received. Membership and rounds are not part of the
+benchmark: Join, GetTask, ReportEval and Leave are refused. The server gets the daemon's auth
+interceptor and default `Limits` (transfer slots, request rate, idle watchdog), and no metrics.
 """
 
 from __future__ import annotations
@@ -14,36 +15,35 @@ from __future__ import annotations
 import json
 import threading
 from concurrent import futures
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, cast
+from typing import Any
 
 import grpc
 
+from aggregator.auth import FederationAuth
 from aggregator.config import ServerConfig
 from aggregator.globalmodel import Published
+from aggregator.handler import Admission, Direction, TaskDecision
 from aggregator.limits import Limits
 from aggregator.servicer import FederationServicer
 from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from photon.errors import NotAuthorized
 from photon.fsutil import atomic_write_bytes
 from photon.tls import TLSFiles, server_credentials
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import grpc_options
 
-if TYPE_CHECKING:
-    from aggregator.engine import RoundEngine
-
 TRAFFIC_FILE = "traffic.jsonl"
 
 
 class TrafficLog:
-    """`store.add_traffic`: one JSON line per finished stream (round, silo, direction, bytes)."""
+    """One JSON line per finished stream (round, silo, direction, bytes)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
 
-    def add_traffic(self, round_: int, silo: str, direction: str, n_bytes: int) -> None:
+    def add(self, round_: int, silo: str, direction: str, n_bytes: int) -> None:
         line = json.dumps({"round": round_, "silo": silo, "dir": direction, "bytes": n_bytes})
         with self._lock, self.path.open("a") as fh:
             fh.write(line + "\n")
@@ -57,40 +57,28 @@ def read_traffic(path: Path, round_: int, direction: str = "up") -> list[int]:
     return [int(r["bytes"]) for r in rows if r["round"] == round_ and r["dir"] == direction]
 
 
-@dataclass(slots=True)
-class _Rounds:
-    heartbeat_timeout_s: float = 30.0
-
-
-@dataclass(slots=True)
-class _Cfg:
-    rounds: _Rounds = field(default_factory=_Rounds)
-
-
-class _Model:
-    """`engine.model`: version 1, downloadable as one file (full weights, base -1)."""
+class StandInHandler:
+    """A `FederationHandler` for transfers only: version 1, downloadable as one file."""
 
     version = 1
 
-    def __init__(self, published: Published | None) -> None:
+    def __init__(self, state_dir: Path, published: Published | None) -> None:
+        self.traffic = TrafficLog(state_dir / TRAFFIC_FILE)
+        self.uploads = UploadRegistry(state_dir / "spool")
         self.published = published
+
+    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission:
+        raise _not_benchmarked("Join")
+
+    def heartbeat(self, silo: str) -> int:
+        return self.version
+
+    def get_task(self, silo: str, wait_s: float) -> TaskDecision:
+        raise _not_benchmarked("GetTask")
 
     def download(self, version: int, have_version: int) -> Published | None:
         pub = self.published
         return pub if pub is not None and version == pub.version else None
-
-
-class StandInEngine:
-    """The slice of `RoundEngine` that the transfer RPCs touch."""
-
-    def __init__(self, state_dir: Path, published: Published | None) -> None:
-        self.cfg = _Cfg()
-        self.store = TrafficLog(state_dir / TRAFFIC_FILE)
-        self.uploads = UploadRegistry(state_dir / "spool")
-        self.model = _Model(published)
-
-    def heartbeat(self, silo: str) -> int:
-        return self.model.version
 
     def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
         return self.uploads.open(silo, info)
@@ -101,8 +89,24 @@ class StandInEngine:
         self.uploads.discard(info.transfer_id, path)  # verified; the disk is not a bench
         return True
 
-    def status(self) -> dict[str, object]:
+    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
+        return self.uploads.committed(silo, transfer_id)
+
+    def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:
+        self.traffic.add(round_, silo, direction, n_bytes)
+
+    def report_eval(self, silo: str, version: int, loss: float, tokens: int) -> None:
+        raise _not_benchmarked("ReportEval")
+
+    def leave(self, silo: str, reason: str) -> None:
+        raise _not_benchmarked("Leave")
+
+    def status(self) -> dict[str, Any]:
         return {"stand_in": True}
+
+
+def _not_benchmarked(method: str) -> NotAuthorized:
+    return NotAuthorized(f"the transfer benchmark's stand-in serves transfers only, not {method}")
 
 
 def serve(
@@ -117,10 +121,6 @@ def serve(
 ) -> None:
     """Serve the stand-in over mTLS until `stop` is set; the bound port goes to `port_file`."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    engine = StandInEngine(state_dir, download)
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16), options=grpc_options(chunk_bytes)
-    )
     defaults = ServerConfig(certs_dir=certs)  # the daemon's default limits, as in production
     limits = Limits.from_config(
         per_silo=defaults.max_transfers_per_silo,
@@ -128,11 +128,15 @@ def serve(
         requests_per_s=defaults.max_requests_per_s,
         idle_s=defaults.stream_idle_timeout_s,
     )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=grpc_options(chunk_bytes),
+        interceptors=[FederationAuth(insecure=False, rate=limits.rate)],
+    )
     servicer = FederationServicer(
-        cast("RoundEngine", engine),
+        StandInHandler(state_dir, download),
         chunk_bytes=chunk_bytes,
         long_poll_s=1.0,
-        insecure=False,
         limits=limits,
     )
     pb_grpc.add_FederationServicer_to_server(servicer, server)

@@ -9,8 +9,8 @@ run, side by side; MB = 10^6 bytes. The JSON's top-level keys:
 upload_vs_raw_tls, download_vs_raw_tls
     Throughput of OUR path ÷ a raw TLS 1.3 socket (Python ssl, the same certificates, 2 MiB
     sends) moving the same incompressible object on loopback. Ours: a real gRPC server with
-    `FederationServicer` over mTLS in its own process, around a stand-in engine whose
-    `begin_upload` is a real `UploadRegistry` session (CRC per chunk, SHA-256, spool
+    `FederationServicer` over mTLS in its own process, around a stand-in `FederationHandler`
+    whose `begin_upload` is a real `UploadRegistry` session (CRC per chunk, SHA-256, spool
     `.partial`, fsync every 32 MiB, digest verified at finalize), driven by
     `silo_agent.transfers.upload` and, for downloads, `_download_once` (the streaming part of
     `download`, into a `PartialFile`; the tensor decoding is left out). The raw receiver writes

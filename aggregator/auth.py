@@ -1,0 +1,189 @@
+"""Who is calling, and whether they may: one gRPC server interceptor for the Federation service.
+
+Every method of `photon.v1.Federation` — including ones added later — passes through
+`FederationAuth` before its handler runs: it resolves the caller's identity (the verified client
+certificate's CN, or the `x-photon-silo` header when the server is insecure), refuses revoked
+certificates and names, and applies the per-silo request rate. Other services (grpc.health.v1)
+pass untouched. Handlers read the verified caller with `caller()`; the allowlist and "has this
+silo joined" stay with membership, which decides them per method.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from aggregator.limits import RequestRate
+from photon.errors import NotAuthorized, ResourceExhausted
+from photon.logs import get_logger
+from photon.pki import RevocationList
+from photon.tls import peer_certificate_pem, peer_identity
+from photon.v1 import federation_pb2 as pb
+from photon.wire import INSECURE_IDENTITY_KEY
+
+log = get_logger("aggregator.auth")
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+_PREFIX = f"/{SERVICE}/"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A verified caller: its silo id and, over mTLS, its certificate (PEM)."""
+
+    silo: str
+    certificate: bytes | None
+
+
+_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar("photon_caller")
+
+
+def caller() -> Caller:
+    """The caller `FederationAuth` verified for the RPC this thread is serving."""
+    try:
+        return _caller.get()
+    except LookupError:
+        raise NotAuthorized(
+            "no verified caller: the server runs without its auth interceptor"
+        ) from None
+
+
+@contextmanager
+def _as_caller(who: Caller) -> Iterator[None]:
+    token = _caller.set(who)
+    try:
+        yield
+    finally:
+        _caller.reset(token)
+
+
+def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
+    context.abort(code, message)
+    raise AssertionError("unreachable: abort raises")
+
+
+class FederationAuth(grpc.ServerInterceptor):
+    """Identity, revocation and request rate for every Federation method."""
+
+    def __init__(
+        self,
+        *,
+        insecure: bool,
+        revocations: RevocationList | None = None,
+        rate: RequestRate | None = None,
+    ) -> None:
+        self.insecure = insecure
+        self.revocations = revocations
+        self.rate = rate
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(_PREFIX):
+            return handler
+        return _wrap(handler, self.verify, method[len(_PREFIX) :])
+
+    def verify(self, context: grpc.ServicerContext, method: str) -> Caller:
+        """The caller of this RPC, or abort with UNAUTHENTICATED, RESOURCE_EXHAUSTED or
+        PERMISSION_DENIED."""
+        silo = peer_identity(context)
+        if silo is None and self.insecure:
+            silo = dict(context.invocation_metadata()).get(INSECURE_IDENTITY_KEY)
+        if not silo:
+            _refuse(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "no client certificate identity; connect with a federation silo "
+                "certificate (photon certs issue silo NAME)",
+            )
+        if self.rate is not None:
+            try:
+                self.rate.check(silo)
+            except ResourceExhausted as exc:
+                log.warning("rpc_refused", method=method, code="RESOURCE_EXHAUSTED", silo=silo)
+                _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        pem = peer_certificate_pem(context)
+        if self._revoked(silo, pem):
+            log.warning("revoked_certificate_refused", silo=silo, method=method)
+            _refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the certificate of {silo!r} is revoked by the federation operator",
+            )
+        return Caller(silo=silo, certificate=pem)
+
+    def _revoked(self, silo: str, pem: bytes | None) -> bool:
+        if self.revocations is None or pem is None:
+            return False
+        return self.revocations.is_revoked(pem) or self.revocations.is_revoked(silo)
+
+
+Verify = Callable[[grpc.ServicerContext, str], Caller]
+
+
+def _wrap(handler: grpc.RpcMethodHandler, verify: Verify, method: str) -> grpc.RpcMethodHandler:
+    """The same handler, its behaviour run as the verified caller."""
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, _unary),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, _streaming),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, _unary),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, _streaming),
+    )
+    for behaviour, build, guard in kinds:
+        if behaviour is not None:
+            return build(
+                guard(behaviour, verify, method),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    raise AssertionError(f"{method}: a method handler without a behaviour")
+
+
+def _unary(behaviour: Callable[[Any, Any], T], verify: Verify, method: str) -> Callable[..., T]:
+    """For handlers that return one reply (their request may be a stream)."""
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> T:
+        with _as_caller(verify(context, method)):
+            return behaviour(request, context)
+
+    return guarded
+
+
+def _streaming(
+    behaviour: Callable[[Any, Any], Iterator[T]], verify: Verify, method: str
+) -> Callable[..., Iterator[T]]:
+    """For handlers that return a stream: grpc pulls each reply after the behaviour returned,
+    so each pull runs as the caller, and nothing leaks into the thread between pulls."""
+
+    def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        who = verify(context, method)
+        with _as_caller(who):
+            replies = iter(behaviour(request, context))
+        try:
+            while True:
+                with _as_caller(who):
+                    reply = next(replies, _END)
+                if reply is _END:
+                    return
+                yield reply
+        finally:  # a stream cut short: the behaviour's own cleanup runs as the caller too
+            close = getattr(replies, "close", None)
+            if close is not None:
+                with _as_caller(who):
+                    close()
+
+    return guarded
+
+
+_END: Any = object()
