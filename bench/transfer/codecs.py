@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bandwidth.codec import CODECS, decode_object, encode_object
-from bench._transfer_env import MB, median
+from bench.transfer.env import MB, median
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.model import build_model, preset
 from photon.tokenizer import ByteTokenizer
