@@ -30,7 +30,6 @@ CODECS = ("fp32", "bf16", "int8", "int4")
 """Codecs for updates and full downloads."""
 ALL_CODECS = (*CODECS, "xor")
 """Every codec an object may name; `xor` is the lossless delta against a base the reader holds."""
-LOSSY_CODECS = ("bf16", "int8", "int4")
 MIN_BLOCK_SIZE = 8
 MAX_BLOCK_SIZE = 65536
 DEFAULT_BLOCK_SIZE = 256

@@ -208,8 +208,8 @@ def test_deadline_without_quorum_extends_the_round(tmp_path: Path) -> None:
     engine.heartbeat("s1")
     engine.tick()
     assert model.version == 0
-    row = store.get_round(0)
-    assert row is not None and row.deadline_at == pytest.approx(clock.t + 100)
+    row = store.rounds()[0]
+    assert row.round == 0 and row.deadline_at == pytest.approx(clock.t + 100)
 
 
 def test_restart_keeps_accepted_updates_and_continues_the_round(tmp_path: Path) -> None:
