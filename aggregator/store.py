@@ -172,10 +172,6 @@ class Store:
                 (closed_at, outcome, round_),
             )
 
-    def get_round(self, round_: int) -> RoundRow | None:
-        rows = self._query("SELECT * FROM rounds WHERE round = ?", (round_,))
-        return _round_row(rows[0]) if rows else None
-
     def rounds(self) -> list[RoundRow]:
         return [_round_row(r) for r in self._query("SELECT * FROM rounds ORDER BY round")]
 

@@ -77,10 +77,6 @@ class Manifest:
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return {e.name: e.shape for e in self.tensors}
 
-    @property
-    def sections_size(self) -> int:
-        return max((e.offset + e.length for e in self.tensors), default=0)
-
     def to_json(self) -> bytes:
         doc = {
             "format": self.format,

@@ -74,10 +74,6 @@ class SiloState:
 
     # -- rounds -----------------------------------------------------------------------------
     @property
-    def completed_round(self) -> int:
-        return int(self._record["completed_round"])
-
-    @property
     def trainer_dir(self) -> Path | None:
         name = self._record.get("trainer_dir")
         return self.root / name if name else None

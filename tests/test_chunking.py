@@ -241,7 +241,14 @@ def test_finalize_is_idempotent_and_writes_after_close_fail(tmp_path: Path, src)
     data, chunks = src
     part = partial_for(tmp_path, data)
     receive_chunks(part, chunks)
-    assert part.finalize() == part.finalize()
+    final = part.finalize()
+    assert final == part.path_final and final.read_bytes() == data
+    assert not part.path.exists(), "the partial was renamed into place"
+    before = final.stat()
+    assert part.finalize() == final, "a second finalize names the same file"
+    after = final.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert final.read_bytes() == data
     with pytest.raises(TransferError, match="closed"):
         part.add(chunks[0])
 

@@ -60,6 +60,7 @@ def make_engine(
     store: Store | None = None,
     model: FakeModel | None = None,
     clock: Clock | None = None,
+    seed: int = 0,
 ) -> tuple[RoundEngine, FakeModel, Clock, Store]:
     cfg = AggregatorConfig(
         server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[]),
@@ -70,7 +71,7 @@ def make_engine(
             heartbeat_timeout_s=30,
             silos_per_round=per_round,
         ),
-        federation=FederationSpec(rounds=rounds, local_steps=5, tokenizer_digest="tok"),
+        federation=FederationSpec(rounds=rounds, local_steps=5, tokenizer_digest="tok", seed=seed),
     )
     store = store or Store(tmp_path / "journal.sqlite")
     model = model or FakeModel()
@@ -207,8 +208,8 @@ def test_deadline_without_quorum_extends_the_round(tmp_path: Path) -> None:
     engine.heartbeat("s1")
     engine.tick()
     assert model.version == 0
-    row = store.get_round(0)
-    assert row is not None and row.deadline_at == pytest.approx(clock.t + 100)
+    row = store.rounds()[0]
+    assert row.round == 0 and row.deadline_at == pytest.approx(clock.t + 100)
 
 
 def test_restart_keeps_accepted_updates_and_continues_the_round(tmp_path: Path) -> None:
@@ -271,25 +272,36 @@ def _trained(engine: RoundEngine, silos: list[str]) -> list[str]:
     return [s for s in silos if engine.get_task(s, 0).kind == "train"]
 
 
-def test_k_of_n_sampling_is_seeded_and_without_replacement(tmp_path: Path) -> None:
-    names = [f"s{i}" for i in range(5)]
-    picks = []
-    for run in ("a", "b"):
-        (tmp_path / run).mkdir()
-        engine, *_ = make_engine(tmp_path / run, silos=5, rounds=3, per_round=2, min_silos=2)
-        join_all(engine, 5)
+def _sampled(tmp_path: Path, seed: int, rounds: int = 12) -> list[tuple[str, ...]]:
+    """Run `rounds` rounds choosing 3 of 7 silos; each round's selection as the journal holds it."""
+    names = [f"s{i}" for i in range(7)]
+    tmp_path.mkdir()
+    engine, _, _, store = make_engine(
+        tmp_path, silos=7, rounds=rounds, per_round=3, min_silos=3, seed=seed
+    )
+    join_all(engine, 7)
+    engine.tick()
+    for r in range(rounds):
+        row = store.rounds()[r]
+        assert row.round == r
+        assert _trained(engine, names) == list(row.selected), "only the selected silos train"
+        for silo in row.selected:
+            assert send_update(engine, tmp_path, silo, r, 1.0)
         engine.tick()
-        rounds = []
-        for r in range(3):
-            chosen = _trained(engine, names)
-            assert len(chosen) == 2 and len(set(chosen)) == 2
-            rounds.append(chosen)
-            for silo in chosen:
-                assert send_update(engine, tmp_path / run, silo, r, 1.0)
-            engine.tick()
-        picks.append(rounds)
-    assert picks[0] == picks[1], "the same seed samples the same silos"
-    assert len({tuple(r) for r in picks[0]}) > 1, "a new sample each round"
+    return [row.selected for row in store.rounds()]
+
+
+def test_k_of_n_sampling_is_seeded_and_without_replacement(tmp_path: Path) -> None:
+    first, again, other = (
+        _sampled(tmp_path / name, seed) for name, seed in (("a", 1), ("a2", 1), ("b", 2))
+    )
+    for run in (first, other):
+        assert len(run) == 12
+        assert all(len(set(chosen)) == len(chosen) == 3 for chosen in run), "3 distinct silos"
+        assert len(set(run)) > 1, "a new sample each round"
+        assert set().union(*run) == {f"s{i}" for i in range(7)}, "every silo gets its turn"
+    assert first == again, "the same seed samples the same silos"
+    assert first != other, "another seed samples other silos"
 
 
 def test_a_silo_joining_mid_run_starts_from_the_current_global_model(tmp_path: Path) -> None:

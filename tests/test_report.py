@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +320,31 @@ def test_cli_help_shows_an_example() -> None:
     result = CliRunner().invoke(report, ["--help"])
     assert result.exit_code == 0
     assert "photon report runs/try1" in result.output
+
+
+def test_report_of_a_real_photon_local_run(tmp_path: Path) -> None:
+    """The summary.json that `photon local` really writes (not a hand-written one) makes a
+    complete report: every row filled, the numbers those of the run."""
+    workdir = tmp_path / "run"
+    args = ["--silos", "2", "--rounds", "2", "--local-steps", "3", "--codec", "int8"]
+    run = subprocess.run(
+        [sys.executable, "-m", "photon", "local", *args, "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    summary = json.loads((workdir / "summary.json").read_text())
+    files = make_report(workdir)
+    assert_report(files, default_out_dir(workdir))
+    text = files.markdown.read_text()
+    initial, final = summary["initial_eval_loss"], summary["final_eval_loss"]
+    for expected in (
+        "| Codec | int8 |",
+        "| Rounds | 2 of 2 (finished), 3 local steps each |",
+        f"{initial:.4f} → {final:.4f}",
+        f"`{summary['checkpoint']}`",
+    ):
+        assert expected in text, expected
+    missing = re.findall(r"^\| ([^|]+) \|.*\bn/a\b", text, flags=re.M)
+    assert not missing, f"rows the real summary.json leaves empty: {missing}"

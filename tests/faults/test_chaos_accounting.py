@@ -1,5 +1,5 @@
 """The chaos benchmark's bookkeeping: its seeded schedule and its lost/double-count accounting
-(bench/_chaos_schedule.py, bench/_chaos_audit.py). Fast; no processes."""
+(bench/chaos/schedule.py, bench/chaos/audit.py). Fast; no processes."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from aggregator.audit import AuditLog
 from aggregator.store import RoundRow, Store
-from bench._chaos_audit import account
-from bench._chaos_schedule import WEIGHTS, ScheduleConfig, make_schedule
+from bench.chaos.audit import account
+from bench.chaos.schedule import WEIGHTS, ScheduleConfig, make_schedule
 
 SILOS = ["silo-0", "silo-1", "silo-2"]
 

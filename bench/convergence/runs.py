@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench._convergence_data import Corpus
+from bench.convergence.data import Corpus
 from photon.centralized import CentralizedConfig, train_centralized
 from photon.federation import TrainingSpec
 from photon.localfed.run import LocalFederation, LocalOptions, prepare_workdir

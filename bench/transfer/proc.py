@@ -1,4 +1,4 @@
-"""Entry point of the benchmark's helper processes: `python -m bench._transfer_proc CMD ...`.
+"""Entry point of the benchmark's helper processes: `python -m bench.transfer.proc CMD ...`.
 
     standin   our gRPC server (FederationServicer + stand-in handler) over mTLS
     rawtls    the raw TLS baseline server
@@ -31,7 +31,7 @@ def _stop_event() -> threading.Event:
 
 
 def _standin(a: argparse.Namespace) -> None:
-    from bench._transfer_standin import serve
+    from bench.transfer.standin import serve
 
     pub = None
     if a.download:
@@ -49,7 +49,7 @@ def _standin(a: argparse.Namespace) -> None:
 
 
 def _rawtls(a: argparse.Namespace) -> None:
-    from bench._transfer_rawtls import serve
+    from bench.transfer.rawtls import serve
 
     serve(
         certs=Path(a.certs),
@@ -63,7 +63,7 @@ def _rawtls(a: argparse.Namespace) -> None:
 
 
 def _upload(a: argparse.Namespace) -> None:
-    from bench._transfer_env import silo_client
+    from bench.transfer.env import silo_client
 
     path = Path(a.file)
     pending = PendingUpdate(
@@ -90,7 +90,7 @@ def _upload(a: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench._transfer_proc")
+    p = argparse.ArgumentParser(prog="python -m bench.transfer.proc")
     p.add_argument("cmd", choices=("standin", "rawtls", "upload"))
     p.add_argument("--certs", required=True)
     p.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench._convergence_runs import RunResult
+from bench.convergence.runs import RunResult
 from photon.report.plots import new_figure, save_png
 
 STYLES = {

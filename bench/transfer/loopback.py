@@ -18,8 +18,8 @@ from typing import Any
 
 import psutil
 
-from bench import _transfer_rawtls as rawtls
-from bench._transfer_env import MB, Child, Plan, mb_s, median, random_file, silo_client, timed
+from bench.transfer import rawtls
+from bench.transfer.env import MB, Child, Plan, mb_s, median, random_file, silo_client, timed
 from silo_agent.client import AggregatorClient
 from silo_agent.transfers import PendingUpdate, UploadOutcome, _download_once, upload
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from bandwidth.link import LinkEmulator, LinkProfile
-from bench._chaos_audit import Accounting, account
-from bench._chaos_schedule import Fault
+from bench.chaos.audit import Accounting, account
+from bench.chaos.schedule import Fault
 from tests.faults._support import faults_federation, linked_silos, start_aggregator, start_silo
 from tests.harness import Federation
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from bandwidth.codec import decode_object, encode_object
-from bench._transfer_env import MB, median
+from bench.transfer.env import MB, median
 from photon.codecs import CODECS, DEFAULT_BLOCK_SIZE
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.model import build_model, preset

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bandwidth.link import LinkEmulator
-from bench._transfer_env import Plan, median, random_file, silo_client, wait_for
-from bench._transfer_loopback import Servers, our_upload
-from bench._transfer_standin import TRAFFIC_FILE, read_traffic
+from bench.transfer.env import Plan, median, random_file, silo_client, wait_for
+from bench.transfer.loopback import Servers, our_upload
+from bench.transfer.standin import TRAFFIC_FILE, read_traffic
 
 CUT_ROUND = 7000
 """Rounds from here on tag the cut runs in the server's traffic log."""

@@ -1,6 +1,6 @@
 """What every part of the transfer benchmark shares: sizes, certificates, files, child processes.
 
-Child processes run `python -m bench._transfer_proc ...` from the repository root, each with its
+Child processes run `python -m bench.transfer.proc ...` from the repository root, each with its
 own log file; every wait on them is bounded and `Child.stop` always ends them.
 """
 
@@ -26,7 +26,7 @@ from photon.retry import RetryPolicy
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig, SiloSection, TransferSection
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 MB = 1_000_000
 NETNS_SERVER_IP = "10.213.77.1"
@@ -148,7 +148,7 @@ class Child:
         args: Sequence[str],
         log: Path,
         *,
-        module: str = "bench._transfer_proc",
+        module: str = "bench.transfer.proc",
         prefix: Sequence[str] = (),
     ) -> None:
         self.log = log

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench._transfer_env import (
+from bench.transfer.env import (
     MB,
     NETNS_CLIENT_IP,
     NETNS_SERVER_IP,

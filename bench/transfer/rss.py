@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from bandwidth.codec import write_object
-from bench._transfer_env import MB, REPO, SILOS, Child, Plan, silo_client, wait_for
+from bench.transfer.env import MB, REPO, SILOS, Child, Plan, silo_client, wait_for
 from photon.model import LlamaModel, preset
 from photon.pki import silo_paths
 from photon.signing import sign_digest
