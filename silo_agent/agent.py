@@ -11,7 +11,8 @@ from collections.abc import Callable, Mapping
 import torch
 from safetensors.torch import load_file, save_file
 
-from bandwidth.codec import ErrorFeedback, write_object
+from bandwidth.codec import write_object
+from bandwidth.feedback import ErrorFeedback
 from bandwidth.ratelimit import TokenBucket, parse_rate
 from photon.data import TokenLoader, TokenShards, eval_batches
 from photon.errors import DataError
