@@ -2,13 +2,14 @@
 
     torchrun --standalone --nproc_per_node N --no-python photon silo run --config silo.toml
 
-Rank 0 is the silo agent proper: the only process that talks to the aggregator (join, tasks,
-downloads, uploads, heartbeats, final evaluation) and the only one that commits `state.json`.
-The other ranks follow it. Each round rank 0 shares the task (an object it built itself: nothing
-received from the network is ever pickled, the spec travels as its JSON text) and broadcasts the
-global parameters as tensors; every rank trains the same model under DistributedDataParallel on
-its own windows of the data (each epoch's permutation dealt out by rank); rank 0 encodes and
-uploads the delta and reports the tokens of all ranks.
+Rank 0 is the silo agent proper, given a `RankGroupBackend` as its training backend: the only
+process that talks to the aggregator (join, tasks, downloads, uploads, heartbeats, final
+evaluation) and the only one that commits `state.json`. The other ranks follow it (`Follower`).
+Each round rank 0 shares the task (an object it built itself: nothing received from the network
+is ever pickled, the spec travels as its JSON text) and broadcasts the global parameters as
+tensors; every rank trains the same model under DistributedDataParallel on its own windows of
+the data (each epoch's permutation dealt out by rank); rank 0 encodes and uploads the delta and
+reports the tokens of all ranks.
 
 Durable state: every rank saves its trainer state (AdamW moments, data cursor, RNG) into
 `trainer/r<R>/rank<k>/`, then a barrier, then rank 0 commits `state.json`, so a committed round
