@@ -1,20 +1,25 @@
-"""The silo agent's main loop: join, ask for work, train or evaluate, upload, until done."""
+"""The silo agent's main loop: join, ask for work, train or evaluate, upload, until done.
+
+How the local steps run (this process, or a torchrun rank group) is the `TrainingBackend` the
+agent is given (`silo_agent/backend.py`); the agent owns everything federated.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from bandwidth.codec import ErrorFeedback, write_object
+from bandwidth.codec import ObjectInfo, write_object
+from bandwidth.feedback import ErrorFeedback
 from bandwidth.ratelimit import TokenBucket, parse_rate
 from photon.codecs import is_lossy
-from photon.data import TokenLoader, TokenShards, eval_batches
+from photon.data import TokenShards, eval_batches
 from photon.errors import DataError
 from photon.evaluation import evaluate_loss
 from photon.faults import crash_point
@@ -24,8 +29,9 @@ from photon.metrics_http import serve_metrics
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
-from photon.trainer import Trainer, TrainerConfig, TrainStats
+from photon.trainer import TrainStats
 from photon.v1 import federation_pb2 as pb
+from silo_agent.backend import RoundTrainer, TrainingBackend, trainer_config
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
 from silo_agent.heartbeat import Heartbeat
@@ -38,19 +44,16 @@ log = get_logger("silo_agent")
 FEEDBACK_FILE = "error_feedback.safetensors"
 
 
-def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
-    return TrainerConfig.from_spec(
-        spec.training,
-        total_steps=spec.total_steps,
-        device=cfg.silo.device,
-        seed=spec.seed,
-        threads=cfg.silo.threads or None,
-    )
-
-
 class SiloAgent:
-    def __init__(self, cfg: SiloConfig, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self,
+        cfg: SiloConfig,
+        *,
+        backend: TrainingBackend,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.backend = backend
         self.stop = stop or threading.Event()
         self.state = SiloState(cfg.silo.state_dir)
         self.shards = TokenShards(cfg.silo.data_dir)
@@ -80,7 +83,11 @@ class SiloAgent:
         )
         self.heartbeat.start(reply.heartbeat_interval_s)
         try:
-            return self._loop()
+            self.backend.start(self.spec, self.model, self.tcfg, self.shards)
+            code = self._loop()
+            self.heartbeat.stop()  # it left the federation: no late heartbeat while training stops
+            self.backend.finish(code)
+            return code
         finally:
             self.heartbeat.stop()
 
@@ -115,7 +122,7 @@ class SiloAgent:
         base_eval = self._evaluate(params)
         self.heartbeat.set(round_=task.round, phase="train")
         self.metrics.round.set(task.round)
-        trainer = self._trainer(params)
+        trainer = self.backend.trainer(task, params, self.state.trainer_dir)
         started = time.monotonic()
         stats = self._train(trainer, task)
         log.info(
@@ -127,18 +134,10 @@ class SiloAgent:
             tokens_per_s=round(stats.tokens_per_s, 1),
             base_eval_loss=round(base_eval, 4),
         )
-        pending = self._commit(
-            task,
-            trainer,
-            params,
-            stats.tokens,
-            stats.mean_loss,
-            base_eval,
-            time.monotonic() - started,
-        )
+        pending = self._commit(task, trainer, params, stats, base_eval, time.monotonic() - started)
         self._upload(pending)
 
-    def _train(self, trainer: Trainer, task: pb.Task) -> TrainStats:
+    def _train(self, trainer: RoundTrainer, task: pb.Task) -> TrainStats:
         """Local steps, reporting progress to the heartbeat, metrics and a bar or log lines."""
         bar = Progress("train", task.local_steps, "step")
 
@@ -162,60 +161,65 @@ class SiloAgent:
 
         return count
 
-    def _trainer(self, params: Mapping[str, torch.Tensor]) -> Trainer:
-        self.model.load_state_dict(dict(params))
-        loader = TokenLoader(
-            self.shards,
-            split="train",
-            batch_size=self.tcfg.batch_size,
-            seq_len=self.tcfg.seq_len,
-            seed=self.spec.seed,
-        )
-        trainer = Trainer(self.model, self.tcfg, loader)
-        if self.state.trainer_dir is not None:
-            trainer.load_state(self.state.trainer_dir)
-        if self.tcfg.reset_optimizer:
-            trainer.begin_round()
-        return trainer
-
+    # -- committing a round's local work ---------------------------------------------------
     def _commit(
         self,
         task: pb.Task,
-        trainer: Trainer,
+        trainer: RoundTrainer,
         params: Mapping[str, torch.Tensor],
-        tokens: int,
-        train_loss: float,
+        stats: TrainStats,
         base_eval: float,
         seconds: float,
     ) -> PendingUpdate:
-        """Encode the delta (with error feedback) and commit the round's local work."""
-        local = self.model.state_dict()
-        delta = {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
+        """Encode the delta (with error feedback) and commit the round's local work: the encoded
+        update, the trainer state and the feedback residual, then one record naming them all."""
+        delta = self._local_delta(params)
         trainer_dir = self.state.new_trainer_dir(task.round)
         feedback = self._feedback()
         compensated = feedback.compensate(delta) if feedback is not None else delta
-        path = self.state.pending_path(task.round)
-        info = write_object(path, compensated, self.spec.codec, block_size=self.spec.block_size)
+        info = self._write_update(task.round, compensated)
         trainer.save_state(trainer_dir)
         if feedback is not None:
-            feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
-            save_file(feedback.state_dict(), str(trainer_dir / FEEDBACK_FILE))
-        pending = PendingUpdate(
+            self._save_feedback(feedback, compensated, trainer_dir)
+        pending = self._pending_update(task, info, stats, base_eval, seconds)
+        self.state.commit_round(task.round, trainer_dir, pending)
+        crash_point("silo.round_committed")
+        return pending
+
+    def _local_delta(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """θ_local − θ_global in fp32 on the CPU, in name order."""
+        local = self.model.state_dict()
+        return {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
+
+    def _write_update(self, round_: int, delta: Mapping[str, torch.Tensor]) -> ObjectInfo:
+        """The round's update, encoded with the federation's codec into its pending file."""
+        path = self.state.pending_path(round_)
+        return write_object(path, delta, self.spec.codec, block_size=self.spec.block_size)
+
+    def _save_feedback(
+        self, feedback: ErrorFeedback, compensated: Mapping[str, torch.Tensor], trainer_dir: Path
+    ) -> None:
+        """Keep what the codec lost of `compensated` for the next round, in the trainer state."""
+        feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
+        save_file(feedback.state_dict(), str(trainer_dir / FEEDBACK_FILE))
+
+    def _pending_update(
+        self, task: pb.Task, info: ObjectInfo, stats: TrainStats, base_eval: float, seconds: float
+    ) -> PendingUpdate:
+        """The record of the encoded update, signed, as it will be uploaded."""
+        return PendingUpdate(
             round=task.round,
             base_version=task.base_version,
             transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
-            path=str(path),
+            path=str(self.state.pending_path(task.round)),
             digest=info.digest,
             size=info.size,
-            num_tokens=tokens,
-            train_loss=train_loss,
+            num_tokens=stats.tokens,
+            train_loss=stats.mean_loss,
             base_eval_loss=base_eval,
             train_seconds=seconds,
             signature=self._sign(info.digest, task.round),
         )
-        self.state.commit_round(task.round, trainer_dir, pending)
-        crash_point("silo.round_committed")
-        return pending
 
     def _sign(self, digest: str, round_: int) -> str:
         s = self.cfg.silo
@@ -307,14 +311,3 @@ class SiloAgent:
 def _bucket(rate: str) -> TokenBucket | None:
     value = parse_rate(rate)
     return None if value is None else TokenBucket(value)
-
-
-def run_silo(cfg: SiloConfig, stop: threading.Event) -> int:
-    if cfg.silo.threads:
-        torch.set_num_threads(cfg.silo.threads)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # one silo, several processes under torchrun (DDP): see silo_agent/distributed.py
-        from silo_agent.distributed import run_distributed
-
-        return run_distributed(cfg, stop)
-    return SiloAgent(cfg, stop).run()

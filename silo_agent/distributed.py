@@ -2,13 +2,14 @@
 
     torchrun --standalone --nproc_per_node N --no-python photon silo run --config silo.toml
 
-Rank 0 is the silo agent proper: the only process that talks to the aggregator (join, tasks,
-downloads, uploads, heartbeats, final evaluation) and the only one that commits `state.json`.
-The other ranks follow it. Each round rank 0 shares the task (an object it built itself: nothing
-received from the network is ever pickled, the spec travels as its JSON text) and broadcasts the
-global parameters as tensors; every rank trains the same model under DistributedDataParallel on
-its own windows of the data (each epoch's permutation dealt out by rank); rank 0 encodes and
-uploads the delta and reports the tokens of all ranks.
+Rank 0 is the silo agent proper, given a `RankGroupBackend` as its training backend: the only
+process that talks to the aggregator (join, tasks, downloads, uploads, heartbeats, final
+evaluation) and the only one that commits `state.json`. The other ranks follow it (`Follower`).
+Each round rank 0 shares the task (an object it built itself: nothing received from the network
+is ever pickled, the spec travels as its JSON text) and broadcasts the global parameters as
+tensors; every rank trains the same model under DistributedDataParallel on its own windows of
+the data (each epoch's permutation dealt out by rank); rank 0 encodes and uploads the delta and
+reports the tokens of all ranks.
 
 Durable state: every rank saves its trainer state (AdamW moments, data cursor, RNG) into
 `trainer/r<R>/rank<k>/`, then a barrier, then rank 0 commits `state.json`, so a committed round
@@ -42,7 +43,8 @@ from photon.logs import get_logger
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.trainer import Trainer, TrainerConfig, TrainStats, resolve_device
 from photon.v1 import federation_pb2 as pb
-from silo_agent.agent import SiloAgent, trainer_config
+from silo_agent.agent import SiloAgent
+from silo_agent.backend import trainer_config
 from silo_agent.config import SiloConfig
 
 log = get_logger("silo_agent.distributed")
@@ -262,40 +264,39 @@ class Command:
     code: int = 0
 
 
-class LeaderAgent(SiloAgent):
-    """Rank 0: the silo agent, leading the other ranks through every training round."""
+class RankGroupBackend:
+    """Rank 0's training backend: it leads the other ranks through every training round."""
 
-    def __init__(self, cfg: SiloConfig, stop: threading.Event, group: RankGroup) -> None:
-        super().__init__(cfg, stop)
+    def __init__(self, group: RankGroup) -> None:
         self.group = group
-        self._task: pb.Task | None = None
 
-    def _loop(self) -> int:
-        self.group.share(self.spec.to_json())
-        self.training = RankTraining(self.group, self.model, self.tcfg, self.shards, self.spec.seed)
-        code = super()._loop()
-        self.heartbeat.stop()  # it left the federation: no late heartbeat while ranks exit
-        self.group.share(Command(kind="exit", code=code))
-        self.group.barrier()
-        return code
+    def start(
+        self, spec: FederationSpec, model: LlamaModel, tcfg: TrainerConfig, shards: TokenShards
+    ) -> None:
+        """Tell the followers the federation, and set up this rank's part of the training."""
+        self.group.share(spec.to_json())
+        self.training = RankTraining(self.group, model, tcfg, shards, spec.seed)
 
-    def _train_round(self, task: pb.Task) -> None:
-        self._task = task
-        super()._train_round(task)
-
-    def _trainer(self, params: Mapping[str, torch.Tensor]) -> Trainer:
-        assert self._task is not None
-        restore = self.state.trainer_dir
+    def trainer(
+        self, task: pb.Task, params: Mapping[str, torch.Tensor], restore: Path | None
+    ) -> DistributedTrainer:
+        """Send every follower into the round, then build this rank's trainer (its parameters,
+        set to `params` here, are broadcast to the followers' models)."""
         self.group.share(
             Command(
                 kind="train",
-                steps=self._task.local_steps,
-                global_step=self._task.global_step,
+                steps=task.local_steps,
+                global_step=task.global_step,
                 restore=None if restore is None else str(restore),
             )
         )
-        self.model.load_state_dict(dict(params))
+        self.training.model.load_state_dict(dict(params))
         return self.training.trainer(restore)
+
+    def finish(self, code: int) -> None:
+        """Tell the followers to exit with `code`; returns when every rank has got it."""
+        self.group.share(Command(kind="exit", code=code))
+        self.group.barrier()
 
 
 class Follower:
@@ -331,7 +332,7 @@ def run_distributed(
     log.info("rank_started", world_size=group.world_size, device=str(group.device))
     try:
         if group.rank == 0:
-            return LeaderAgent(cfg, stop, group).run()
+            return SiloAgent(cfg, backend=RankGroupBackend(group), stop=stop).run()
         return Follower(cfg, group).run()
     finally:
         dist.destroy_process_group()

@@ -19,10 +19,19 @@ from safetensors.torch import load_file, save_file
 
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.errors import DataError
+from photon.federation import FederationSpec
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.tokenizer import ByteTokenizer
 from photon.trainer import Trainer, TrainerConfig
-from silo_agent.distributed import RankGroup, RankLoader, RankTraining, init_group
+from photon.v1 import federation_pb2 as pb
+from silo_agent.backend import LocalBackend, TrainingBackend
+from silo_agent.distributed import (
+    RankGroup,
+    RankGroupBackend,
+    RankLoader,
+    RankTraining,
+    init_group,
+)
 from tests.harness import Federation, free_port, make_federation, wait_for, write_corpus
 
 pytestmark = pytest.mark.skipif(
@@ -155,6 +164,34 @@ def test_ddp_training_matches_plain_and_resumes_from_its_rank_folder(
     want, got = params_of(plain.model), params_of(training.model)
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=0)
+
+
+def test_both_training_backends_run_two_rounds_bit_identically(
+    shards: TokenShards, group_of_one: RankGroup, tmp_path: Path
+) -> None:
+    """What the agent does with a backend: start, a round, commit its state, a restored round."""
+    spec = FederationSpec(seed=7)
+    start = params_of(build_model(MODEL, seed=0))
+    backends: dict[str, TrainingBackend] = {
+        "local": LocalBackend(),
+        "rank_group": RankGroupBackend(group_of_one),
+    }
+    ended = {}
+    for name, backend in backends.items():
+        model = build_model(MODEL, seed=1)  # the backend sets each round's parameters
+        backend.start(spec, model, TCFG, shards)
+        first = pb.Task(kind=pb.Task.TRAIN, round=0, local_steps=3, global_step=0)
+        trainer = backend.trainer(first, start, None)
+        trainer.train(first.local_steps, first.global_step)
+        (tmp_path / name).mkdir()
+        trainer.save_state(tmp_path / name)
+        second = pb.Task(kind=pb.Task.TRAIN, round=1, local_steps=2, global_step=3)
+        backend.trainer(second, params_of(model), tmp_path / name).train(2, 3)
+        backend.finish(0)
+        ended[name] = params_of(model)
+    assert any(not torch.equal(ended["local"][k], v) for k, v in start.items()), "it trained"
+    for key, want in ended["local"].items():
+        torch.testing.assert_close(ended["rank_group"][key], want, rtol=0, atol=0)
 
 
 def test_state_saved_by_a_single_process_silo_is_refused_with_the_fix(

@@ -26,8 +26,8 @@ def run(config_path: Path, insecure: bool, log_format: str, log_level: str) -> N
       photon silo run --config silo.toml
     """
     setup_logs(log_format, log_level)
-    from silo_agent.agent import run_silo
     from silo_agent.config import load_silo_config
+    from silo_agent.launch import run_silo
 
     cfg = load_daemon_config(load_silo_config, config_path, "silo", insecure)
     stop = stop_on_signals(hard_exit=True)
