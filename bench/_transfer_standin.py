@@ -24,9 +24,10 @@ from aggregator.config import ServerConfig
 from aggregator.globalmodel import Published
 from aggregator.limits import Limits
 from aggregator.servicer import FederationServicer
-from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import UploadRegistry, UploadSession
 from photon.fsutil import atomic_write_bytes
 from photon.tls import TLSFiles, server_credentials
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import grpc_options
 
@@ -92,14 +93,17 @@ class StandInEngine:
     def heartbeat(self, silo: str) -> int:
         return self.model.version
 
-    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
-        return self.uploads.open(silo, info)
+    def begin_upload(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
+        return self.uploads.open(silo, update, offset)
 
     def complete_upload(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+        self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None
     ) -> bool:
-        self.uploads.discard(info.transfer_id, path)  # verified; the disk is not a bench
+        self.uploads.discard(update.transfer_id, path)  # verified; the disk is not a bench
         return True
+
+    def accepted(self, silo: str, transfer_id: str) -> bool:
+        return False  # nothing is journaled: every upload is a fresh one
 
     def status(self) -> dict[str, object]:
         return {"stand_in": True}

@@ -23,6 +23,7 @@ from photon.metrics_http import serve_metrics
 from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
@@ -104,11 +105,11 @@ class SiloAgent:
     # -- one round ----------------------------------------------------------------------------
     def _train_round(self, task: pb.Task) -> None:
         pending = self.state.pending
-        if pending is not None and pending.round == task.round:
+        if pending is not None and pending.update.round == task.round:
             self._upload(pending)
             return
         if pending is not None:
-            log.info("pending_dropped", round=pending.round, reason="its round has closed")
+            log.info("pending_dropped", round=pending.update.round, reason="its round has closed")
             self.state.clear_pending()
         params = self._global(task.base_version)
         base_eval = self._evaluate(params)
@@ -199,11 +200,10 @@ class SiloAgent:
         if feedback is not None:
             feedback.update_from_codec(compensated, self.spec.codec, self.spec.block_size)
             save_file(feedback.state_dict(), str(trainer_dir / FEEDBACK_FILE))
-        pending = PendingUpdate(
+        update = UpdateRecord(
             round=task.round,
             base_version=task.base_version,
             transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
-            path=str(path),
             digest=info.digest,
             size=info.size,
             num_tokens=tokens,
@@ -212,15 +212,16 @@ class SiloAgent:
             train_seconds=seconds,
             signature=self._sign(info.digest, task.round),
         )
+        pending = PendingUpdate(update=update, path=str(path))
         self.state.commit_round(task.round, trainer_dir, pending)
         crash_point("silo.round_committed")
         return pending
 
-    def _sign(self, digest: str, round_: int) -> str:
+    def _sign(self, digest: str, round_: int) -> bytes:
         s = self.cfg.silo
         if s.insecure or s.certs_dir is None:
-            return ""
-        return sign_digest(TLSFiles.for_silo(s.certs_dir, s.name).key, digest, round_).hex()
+            return b""
+        return sign_digest(TLSFiles.for_silo(s.certs_dir, s.name).key, digest, round_)
 
     def _feedback(self) -> ErrorFeedback | None:
         """Error feedback for lossy codecs, restored from the last committed round."""
@@ -233,8 +234,8 @@ class SiloAgent:
         return feedback
 
     def _upload(self, pending: PendingUpdate) -> None:
-        self.heartbeat.set(round_=pending.round, phase="upload")
-        bar = Progress("upload", pending.size, "B")
+        self.heartbeat.set(round_=pending.update.round, phase="upload")
+        bar = Progress("upload", pending.update.size, "B")
         try:
             outcome = upload(
                 self.client,
@@ -246,11 +247,16 @@ class SiloAgent:
         finally:
             bar.close()
         self.metrics.rounds.labels(outcome.value).inc()
-        log.info("upload_finished", round=pending.round, outcome=outcome.value, bytes=pending.size)
+        log.info(
+            "upload_finished",
+            round=pending.update.round,
+            outcome=outcome.value,
+            bytes=pending.update.size,
+        )
         if outcome is UploadOutcome.REJECTED:
             log.error(
                 "update_refused",
-                round=pending.round,
+                round=pending.update.round,
                 detail="the aggregator refused this update; this round is skipped",
             )
         self.state.clear_pending()
