@@ -57,27 +57,24 @@ def test_state_json_round_trips_and_keeps_its_keys() -> None:
 
 def test_a_state_json_written_before_the_record_still_loads(tmp_path: Path) -> None:
     # Exactly what the silo wrote when PendingUpdate was a flat dataclass (asdict, NaN loss).
-    old = {
-        "completed_round": 3,
-        "trainer_dir": "trainer/r000003",
-        "pending": {
-            "base_eval_loss": math.nan,
-            "base_version": 3,
-            "digest": DIGEST,
-            "num_tokens": 4096,
-            "path": str(tmp_path / "pending" / "r000003.upd"),
-            "round": 3,
-            "signature": "3044736967",
-            "size": 1000,
-            "train_loss": 2.5,
-            "train_seconds": 12.0,
-            "transfer_id": "silo-0-r3-0123456789abcdef",
-        },
+    old_pending: dict[str, object] = {
+        "base_eval_loss": math.nan,
+        "base_version": 3,
+        "digest": DIGEST,
+        "num_tokens": 4096,
+        "path": str(tmp_path / "pending" / "r000003.upd"),
+        "round": 3,
+        "signature": "3044736967",
+        "size": 1000,
+        "train_loss": 2.5,
+        "train_seconds": 12.0,
+        "transfer_id": "silo-0-r3-0123456789abcdef",
     }
+    old = {"completed_round": 3, "trainer_dir": "trainer/r000003", "pending": old_pending}
     (tmp_path / "state.json").write_text(json.dumps(old, indent=1, sort_keys=True))
     pending = SiloState(tmp_path).pending
-    assert pending == PendingUpdate(update=_record(), path=old["pending"]["path"])  # type: ignore[index]
-    assert json.loads(json.dumps(pending.to_json())).keys() == old["pending"].keys()  # type: ignore[union-attr]
+    assert pending == PendingUpdate(update=_record(), path=str(old_pending["path"]))
+    assert json.loads(json.dumps(pending.to_json())).keys() == old_pending.keys()
 
 
 def test_the_audit_line_fields_are_the_records() -> None:
