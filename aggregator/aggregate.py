@@ -24,11 +24,11 @@ def accumulate(updates: Sequence[UpdateRow], *, clip_norm: float | None = None) 
     """Token-weighted (or, when clipping, uniform) sum of the updates' deltas; `pop(name)`
     gives the average."""
     acc = Accumulator()
-    for update in sorted(updates, key=lambda u: u.silo_id):
-        weight, scale = float(update.num_tokens), 1.0
+    for row in sorted(updates, key=lambda u: u.silo_id):
+        weight, scale = float(row.update.num_tokens), 1.0
         if clip_norm is not None:
-            weight, scale = 1.0, clip_factor(update.norm or 0.0, clip_norm)
-        with Path(update.path).open("rb") as fh:
+            weight, scale = 1.0, clip_factor(row.norm or 0.0, clip_norm)
+        with Path(row.path).open("rb") as fh:
             manifest = read_manifest(fh)
             for name, tensor in iter_tensors(fh, manifest):
                 if scale != 1.0:

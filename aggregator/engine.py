@@ -21,14 +21,15 @@ from typing import TYPE_CHECKING, Any
 from aggregator.audit import AUDIT_HEAD, AuditLog
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
-from aggregator.handler import Admission, Direction, TaskDecision
+from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
-from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
-from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
+from photon.errors import AlreadyAccepted, NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.faults import crash_point
 from photon.logs import get_logger
+from photon.update import MAX_COUNT, UpdateRecord
 
 if TYPE_CHECKING:
     from aggregator.globalmodel import GlobalModel, Published
@@ -175,76 +176,67 @@ class RoundEngine:
     def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:
         self.store.add_traffic(round_, silo, direction, n_bytes)
 
-    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
+    def upload_status(self, silo: str, transfer_id: str) -> UploadState:
         self.heartbeat(silo)
-        return self.uploads.committed(silo, transfer_id)
+        committed, complete = self.uploads.committed(silo, transfer_id)
+        return UploadState(committed, complete, self.store.accepted(silo, transfer_id))
 
-    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
-        """Check an upload may proceed and return its (possibly resumed) receive session."""
+    def begin_upload(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
+        """Check an upload may proceed and return its (possibly resumed) receive session for a
+        stream that starts at byte `offset`."""
         with self._cond:
             self.members.touch(silo)
-            op = self._check_round(silo, info.round)
-            if info.base_version != op.row.base_version:
+            op = self._check_round(silo, update.round)
+            if update.base_version != op.row.base_version:
                 raise UpdateRejected(
-                    f"update is based on version {info.base_version} but round {info.round} "
+                    f"update is based on version {update.base_version} but round {update.round} "
                     f"trains version {op.row.base_version}",
                     silo=silo,
-                    round=info.round,
+                    round=update.round,
                 )
-            if info.size > self.model.max_update_bytes:
+            if update.size > self.model.max_update_bytes:
                 raise UpdateRejected(
-                    f"declared size {info.size} exceeds the bound {self.model.max_update_bytes} "
+                    f"declared size {update.size} exceeds the bound {self.model.max_update_bytes} "
                     "for this model",
                     silo=silo,
-                    round=info.round,
+                    round=update.round,
                 )
-            return self.uploads.open(silo, info)
+            return self.uploads.open(silo, update, offset)
 
     def complete_upload(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+        self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None
     ) -> bool:
         """Verify signature and contents of a fully received update and record it durably.
         True if newly accepted. A rejected update's bytes are deleted: it leaves no trace
         but its line in the audit log."""
         try:
-            norm = self.verifier.verify(silo, info, path, peer_cert)
+            norm = self.verifier.verify(silo, update, path, peer_cert)
         except PhotonError:
-            self.uploads.discard(info.transfer_id, path)
+            self.uploads.discard(update.transfer_id, path)
             raise
         with self._cond:
-            op = self._check_round(silo, info.round, allow_reported=True)
+            op = self._check_round(silo, update.round, allow_reported=True)
             row = UpdateRow(
-                round=info.round,
-                silo_id=silo,
-                digest=info.digest,
-                path=str(path),
-                size=info.size,
-                num_tokens=info.num_tokens,
-                train_loss=info.train_loss,
-                base_eval_loss=info.base_eval_loss,
-                train_seconds=info.train_seconds,
-                accepted_at=self.clock(),
-                norm=norm,
-                signature=info.signature,
+                silo_id=silo, update=update, path=str(path), accepted_at=self.clock(), norm=norm
             )
             new = self.store.add_update(row)
             if new:
                 crash_point("aggregator.update_recorded")
-                self.verifier.accepted(silo, info, norm)
+                self.verifier.accepted(silo, update, norm)
                 op.reported.add(silo)
-                if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
+                if update.base_eval_loss is not None and math.isfinite(update.base_eval_loss):
                     self.store.add_eval(
-                        info.base_version, silo, info.base_eval_loss, info.num_tokens
+                        update.base_version, silo, update.base_eval_loss, update.num_tokens
                     )
                 log.info(
                     "update_accepted",
                     silo=silo,
-                    round=info.round,
-                    bytes=info.size,
-                    tokens=info.num_tokens,
-                    train_loss=info.train_loss,
+                    round=update.round,
+                    bytes=update.size,
+                    tokens=update.num_tokens,
+                    train_loss=update.train_loss,
                 )
-            self.uploads.finish(info.transfer_id)
+            self.uploads.finish(update.transfer_id)
             self._cond.notify_all()
             return new
 
@@ -265,9 +257,9 @@ class RoundEngine:
             )
         if silo in op.reported and not allow_reported:
             done = next(u for u in self.store.updates(round_) if u.silo_id == silo)
-            raise UpdateRejected(
+            raise AlreadyAccepted(
                 f"an update from {silo!r} for round {round_} was already accepted "
-                f"(digest {done.digest[:12]})",
+                f"(digest {done.update.digest[:12]})",
                 silo=silo,
                 round=round_,
             )

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from aggregator.globalmodel import Published
-    from aggregator.uploads import UploadHeaderInfo, UploadSession
+    from aggregator.uploads import UploadSession
+    from photon.update import UpdateRecord
 
 TaskKind = Literal["train", "eval", "wait", "done"]
 Direction = Literal["up", "down"]
@@ -42,6 +43,16 @@ class TaskDecision:
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    """The answer to UploadStatus: the next offset, whether every byte is in, and whether the
+    journal holds the update (the silo is done with it)."""
+
+    committed: int
+    complete: bool
+    accepted: bool
+
+
 class FederationHandler(Protocol):
     """The federation behind the servicer. Raises `PhotonError`s; the servicer maps them."""
 
@@ -59,16 +70,18 @@ class FederationHandler(Protocol):
         """The object to send for `version` (a delta when the silo holds version − 1)."""
         ...
 
-    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession: ...
+    def begin_upload(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
+        """The (possibly resumed) receive session for a stream starting at byte `offset`."""
+        ...
 
     def complete_upload(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+        self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None
     ) -> bool:
         """Verify and record a fully received update; True if newly accepted."""
         ...
 
-    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
-        """(bytes committed, complete) of an upload, for a silo resuming it."""
+    def upload_status(self, silo: str, transfer_id: str) -> UploadState:
+        """Where an upload stands, for a silo resuming it."""
         ...
 
     def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:

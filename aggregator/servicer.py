@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,11 +21,11 @@ from aggregator.auth import caller
 from aggregator.handler import FederationHandler
 from aggregator.limits import Limits
 from aggregator.metrics import AggregatorMetrics
-from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
 from photon.faults import crash_point
 from photon.logs import get_logger
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
 
@@ -36,6 +35,7 @@ log = get_logger("aggregator.servicer")
 _CODES: tuple[tuple[type[errors.PhotonError], grpc.StatusCode], ...] = (
     (errors.NotAuthorized, grpc.StatusCode.PERMISSION_DENIED),
     (errors.RoundClosed, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.AlreadyAccepted, grpc.StatusCode.ALREADY_EXISTS),
     (errors.ResumeMismatch, grpc.StatusCode.ABORTED),
     (errors.ChunkIntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.UpdateRejected, grpc.StatusCode.INVALID_ARGUMENT),
@@ -195,8 +195,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("body") != "header":
             raise errors.UpdateRejected("the first Upload message must be a header")
-        info = _header_info(first.header)
-        session = self.handler.begin_upload(silo, info)
+        update, offset = UpdateRecord.from_header(first.header)
+        session = self.handler.begin_upload(silo, update, offset)
         generation = session.claim()
         received = 0
         with self._transfer(silo, "up", context) as progress:
@@ -212,15 +212,15 @@ class FederationServicer(pb_grpc.FederationServicer):
                     crash_point("aggregator.upload_chunk")
             finally:
                 session.sync()
-                self.handler.record_traffic(info.round, silo, "up", received)
-        if session.committed < info.size:
+                self.handler.record_traffic(update.round, silo, "up", received)
+        if session.committed < update.size:
             return pb.UploadReply(
                 status=pb.UploadReply.INCOMPLETE,
                 committed_offset=session.committed,
                 message="stream ended before the object was complete",
             )
-        self.handler.complete_upload(silo, info, session.finalize(), caller().certificate)
-        return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=info.size)
+        self.handler.complete_upload(silo, update, session.finalize(), caller().certificate)
+        return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=update.size)
 
     @contextmanager
     def _transfer(
@@ -249,9 +249,10 @@ class FederationServicer(pb_grpc.FederationServicer):
     def UploadStatus(
         self, request: pb.UploadStatusRequest, context: grpc.ServicerContext
     ) -> pb.UploadStatusReply:
-        silo = caller().silo
-        committed, complete = self.handler.upload_status(silo, request.transfer_id)
-        return pb.UploadStatusReply(committed_offset=committed, complete=complete, accepted=False)
+        state = self.handler.upload_status(caller().silo, request.transfer_id)
+        return pb.UploadStatusReply(
+            committed_offset=state.committed, complete=state.complete, accepted=state.accepted
+        )
 
     @translated
     def ReportEval(self, request: pb.EvalReport, context: grpc.ServicerContext) -> pb.EvalAck:
@@ -276,22 +277,3 @@ def _not_found(context: grpc.ServicerContext, version: int, current: int) -> NoR
         f"version {version} is not available; the current version is {current} (call GetTask)",
     )
     raise AssertionError("unreachable: abort raises")
-
-
-def _header_info(h: pb.UploadHeader) -> UploadHeaderInfo:
-    def finite_or_none(x: float) -> float | None:
-        return None if math.isnan(x) else x
-
-    return UploadHeaderInfo(
-        transfer_id=h.transfer_id,
-        round=h.round,
-        base_version=h.base_version,
-        digest=h.digest,
-        size=h.size,
-        offset=h.offset,
-        num_tokens=h.num_tokens,
-        train_loss=finite_or_none(h.train_loss),
-        base_eval_loss=finite_or_none(h.base_eval_loss),
-        train_seconds=h.train_seconds,
-        signature=h.signature,
-    )

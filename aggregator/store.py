@@ -14,9 +14,28 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-#: Added after the first release; `Store._migrate` adds it to older journals.
-SIGNATURE_COLUMN = "signature BLOB NOT NULL DEFAULT x''"
+from photon.update import UpdateRecord, valid_transfer_id
+
+#: Added after the first release; `Store._migrate` adds them to older journals, in this order.
+ADDED_UPDATE_COLUMNS = (
+    "signature BLOB NOT NULL DEFAULT x''",
+    "transfer_id TEXT NOT NULL DEFAULT ''",
+    "base_version INTEGER NOT NULL DEFAULT -1",
+)
+#: Column order is the one `_update_row` reads.
+_INSERT_UPDATE = (
+    "INSERT OR IGNORE INTO updates (round, silo_id, transfer_id, base_version, digest, size, "
+    "num_tokens, train_loss, base_eval_loss, train_seconds, signature, path, accepted_at, norm) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+#: Every update, or those of one round when both parameters name it.
+_SELECT_UPDATES = (
+    "SELECT round, silo_id, transfer_id, base_version, digest, size, num_tokens, train_loss, "
+    "base_eval_loss, train_seconds, signature, path, accepted_at, norm FROM updates "
+    "WHERE ? IS NULL OR round = ? ORDER BY round, silo_id"
+)
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS silos (
@@ -28,7 +47,7 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE TABLE IF NOT EXISTS updates (
   round INTEGER NOT NULL, silo_id TEXT NOT NULL, digest TEXT NOT NULL, path TEXT NOT NULL,
   size INTEGER NOT NULL, num_tokens INTEGER NOT NULL, train_loss REAL, base_eval_loss REAL,
-  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, {SIGNATURE_COLUMN},
+  train_seconds REAL, accepted_at REAL NOT NULL, norm REAL, {", ".join(ADDED_UPDATE_COLUMNS)},
   PRIMARY KEY (round, silo_id));
 CREATE TABLE IF NOT EXISTS evals (
   version INTEGER NOT NULL, source TEXT NOT NULL, loss REAL NOT NULL, tokens INTEGER NOT NULL,
@@ -52,20 +71,15 @@ class RoundRow:
 
 @dataclass(frozen=True, slots=True)
 class UpdateRow:
-    round: int
+    """An accepted update: the silo's record and what the aggregator adds to it."""
+
     silo_id: str
-    digest: str
+    update: UpdateRecord
+    #: Where the update's bytes lie in the spool.
     path: str
-    size: int
-    num_tokens: int
-    train_loss: float | None
-    base_eval_loss: float | None
-    train_seconds: float | None
     accepted_at: float
     #: L2 norm of the decoded delta.
     norm: float | None = None
-    #: The silo's signature over (round, digest), kept so the audit line can be rebuilt.
-    signature: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +103,24 @@ class Store:
         self._migrate()
 
     def _migrate(self) -> None:
-        """Bring a journal written by an older version up to SCHEMA (columns added since)."""
+        """Bring a journal written by an older version up to SCHEMA (columns added since).
+        Rows from before transfer ids were journaled get the id Photon's silos give an
+        update, and the base version of their round."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(updates)")}
-        if "signature" not in columns:
-            self._db.execute(f"ALTER TABLE updates ADD COLUMN {SIGNATURE_COLUMN}")
+        for column in ADDED_UPDATE_COLUMNS:
+            name = column.split()[0]
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE updates ADD COLUMN {column}")
+        unnamed = "SELECT rowid, silo_id, round, digest FROM updates WHERE transfer_id = ''"
+        for rowid, silo, round_, digest in self._db.execute(unnamed).fetchall():
+            self._db.execute(
+                "UPDATE updates SET transfer_id = ? WHERE rowid = ?",
+                (_legacy_transfer_id(silo, round_, digest), rowid),
+            )
+        self._db.execute(
+            "UPDATE updates SET base_version = coalesce((SELECT r.base_version FROM rounds r "
+            "WHERE r.round = updates.round), base_version) WHERE base_version < 0"
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -178,33 +206,29 @@ class Store:
     # -- updates ------------------------------------------------------------------------------
     def add_update(self, row: UpdateRow) -> bool:
         """Record an accepted update; False if (round, silo) already has one (idempotent)."""
+        u = row.update
+        values = (
+            *(u.round, row.silo_id, u.transfer_id, u.base_version, u.digest, u.size),
+            *(u.num_tokens, u.train_loss, u.base_eval_loss, u.train_seconds, u.signature),
+            *(row.path, row.accepted_at, row.norm),
+        )
         with self._tx() as db:
-            cur = db.execute(
-                "INSERT OR IGNORE INTO updates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    row.round,
-                    row.silo_id,
-                    row.digest,
-                    row.path,
-                    row.size,
-                    row.num_tokens,
-                    row.train_loss,
-                    row.base_eval_loss,
-                    row.train_seconds,
-                    row.accepted_at,
-                    row.norm,
-                    row.signature,
-                ),
-            )
+            cur = db.execute(_INSERT_UPDATE, values)
             return cur.rowcount == 1
 
     def updates(self, round_: int) -> list[UpdateRow]:
-        rows = self._query("SELECT * FROM updates WHERE round = ? ORDER BY silo_id", (round_,))
-        return [UpdateRow(*r) for r in rows]  # type: ignore[arg-type]
+        return [_update_row(r) for r in self._query(_SELECT_UPDATES, (round_, round_))]
 
     def all_updates(self) -> list[UpdateRow]:
-        rows = self._query("SELECT * FROM updates ORDER BY round, silo_id")
-        return [UpdateRow(*r) for r in rows]  # type: ignore[arg-type]
+        return [_update_row(r) for r in self._query(_SELECT_UPDATES, (None, None))]
+
+    def accepted(self, silo_id: str, transfer_id: str) -> bool:
+        """Whether the journal holds an accepted update of `silo_id` sent as `transfer_id`."""
+        rows = self._query(
+            "SELECT 1 FROM updates WHERE silo_id = ? AND transfer_id = ? LIMIT 1",
+            (silo_id, transfer_id),
+        )
+        return bool(rows)
 
     # -- evals and traffic --------------------------------------------------------------------
     def add_eval(self, version: int, source: str, loss: float, tokens: int) -> None:
@@ -228,6 +252,30 @@ class Store:
 
     def traffic(self) -> list[tuple[int, str, str, int]]:
         return self._query("SELECT * FROM traffic ORDER BY round, silo_id, direction")  # type: ignore[return-value]
+
+
+def _legacy_transfer_id(silo: str, round_: int, digest: str) -> str:
+    """The id a Photon silo gives its update (silo_agent), or one in the journal's name."""
+    named = f"{silo}-r{round_}-{digest[:16]}"
+    return named if valid_transfer_id(named) else f"journal-r{round_}-{digest[:16]}"
+
+
+def _update_row(row: tuple[Any, ...]) -> UpdateRow:
+    r, silo, tid, base, digest, size, tokens, loss, base_loss, seconds, sig, *rest = row
+    path, accepted_at, norm = rest
+    update = UpdateRecord(
+        round=r,
+        transfer_id=tid,
+        base_version=base,
+        digest=digest,
+        size=size,
+        num_tokens=tokens,
+        train_loss=loss,
+        base_eval_loss=base_loss,
+        train_seconds=seconds,
+        signature=bytes(sig),
+    )
+    return UpdateRow(silo_id=silo, update=update, path=path, accepted_at=accepted_at, norm=norm)
 
 
 def _round_row(row: tuple[object, ...]) -> RoundRow:

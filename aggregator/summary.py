@@ -90,9 +90,9 @@ def _round_row(
     eval_loss = _num(j.evals.get(r.round + 1))
     silos = {
         u.silo_id: {
-            "train_loss": u.train_loss,
-            "tokens": u.num_tokens,
-            "tokens_per_s": _rate(u.num_tokens, u.train_seconds),
+            "train_loss": u.update.train_loss,
+            "tokens": u.update.num_tokens,
+            "tokens_per_s": _rate(u.update.num_tokens, u.update.train_seconds),
             "update_norm": _num(u.norm),
             "eval_loss": _num(j.silo_evals.get((r.round + 1, u.silo_id))),
             "bytes_up": traffic[u.silo_id].get("up", 0),
@@ -108,7 +108,7 @@ def _round_row(
         "bytes_up": sum(d.get("up", 0) for d in traffic.values()),
         "bytes_down": sum(d.get("down", 0) for d in traffic.values()),
         "seconds": round(r.closed_at - r.opened_at, 3),
-        "tokens": sum(u.num_tokens for u in updates),
+        "tokens": sum(u.update.num_tokens for u in updates),
         "epsilon": _epsilon(model.privacy, r.round + 1),
         "ddp_equivalent_bytes": ddp_equivalent_bytes(
             model.num_params, spec.local_steps, len(updates)

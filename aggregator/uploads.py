@@ -1,4 +1,4 @@
-"""Receiving updates: validated upload headers and resumable spool sessions.
+"""Receiving updates: resumable spool sessions.
 
 An update's bytes land in `spool/r<round>/<silo>/<transfer_id>.upd.partial` and are renamed to
 `.upd` when the digest checks out. A session survives broken streams (the next stream resumes at
@@ -9,75 +9,35 @@ the server — the newer stream wins and the older one stops at its next chunk.
 
 from __future__ import annotations
 
-import math
-import re
 import shutil
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from bandwidth.chunking import PartialFile, sha256_file
-from photon.errors import ResumeMismatch, UpdateRejected
+from photon.errors import ResumeMismatch
 from photon.logs import get_logger
+from photon.update import UpdateRecord, valid_transfer_id
 
 log = get_logger("aggregator.uploads")
-
-_TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-#: Counts from the network (tokens) must fit the journal's signed 64-bit integers.
-MAX_COUNT = 2**62
-_DIGEST = re.compile(r"^[0-9a-f]{64}$")
-
-
-@dataclass(frozen=True, slots=True)
-class UploadHeaderInfo:
-    """The fields of an UploadHeader, checked."""
-
-    transfer_id: str
-    round: int
-    base_version: int
-    digest: str
-    size: int
-    offset: int
-    num_tokens: int
-    train_loss: float | None
-    base_eval_loss: float | None
-    train_seconds: float
-    signature: bytes = b""
-
-    def __post_init__(self) -> None:
-        if not _TRANSFER_ID.fullmatch(self.transfer_id):
-            raise UpdateRejected(
-                f"transfer_id {self.transfer_id[:40]!r} must match {_TRANSFER_ID.pattern}"
-            )
-        if not _DIGEST.fullmatch(self.digest):
-            raise UpdateRejected("digest must be 64 lowercase hex characters (SHA-256)")
-        if self.size <= 0 or not 0 <= self.offset <= self.size:
-            raise UpdateRejected(f"offset {self.offset} / size {self.size} are inconsistent")
-        if not 0 < self.num_tokens < MAX_COUNT:
-            raise UpdateRejected("num_tokens must be in (0, 2**62): it is the update's weight")
-        for name in ("train_loss", "base_eval_loss"):
-            value = getattr(self, name)
-            if value is not None and math.isinf(value):
-                raise UpdateRejected(f"{name} must be finite")
 
 
 class UploadSession:
     """One transfer being received; shared by successive streams of the same transfer."""
 
-    def __init__(self, silo: str, info: UploadHeaderInfo, final: Path) -> None:
+    def __init__(self, silo: str, update: UpdateRecord, final: Path) -> None:
         self.silo = silo
-        self.info = info
+        self.update = update
         self.final = final
         # Received completely before a crash, but not yet recorded: nothing left to receive.
         partial = final.with_name(final.name + ".partial")
         self.complete = (
-            final.exists() and not partial.exists() and sha256_file(final) == info.digest
+            final.exists() and not partial.exists() and sha256_file(final) == update.digest
         )
         self.partial = (
             None
             if self.complete
             else PartialFile(
-                final, size=info.size, digest=info.digest, transfer_id=info.transfer_id
+                final, size=update.size, digest=update.digest, transfer_id=update.transfer_id
             )
         )
         self._lock = threading.Lock()
@@ -92,14 +52,14 @@ class UploadSession:
     @property
     def committed(self) -> int:
         """The next offset this transfer expects (bytes written; synced at stream end)."""
-        return self.info.size if self.partial is None else int(self.partial.received)
+        return self.update.size if self.partial is None else int(self.partial.received)
 
     def write(self, generation: int, offset: int, data: bytes, crc32: int) -> bool:
         with self._lock:
             if generation != self._generation:
                 raise ResumeMismatch(
                     "a newer stream for this transfer took over",
-                    transfer_id=self.info.transfer_id,
+                    transfer_id=self.update.transfer_id,
                     offset=offset,
                 )
             if self.partial is None:
@@ -128,28 +88,29 @@ class UploadRegistry:
     def path_for(self, silo: str, round_: int, transfer_id: str) -> Path:
         return self.spool / f"r{round_:06d}" / silo / f"{transfer_id}.upd"
 
-    def open(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
-        key = (silo, info.transfer_id)
+    def open(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
+        """The receive session of `update`, for a stream that starts at byte `offset`."""
+        key = (silo, update.transfer_id)
         with self._lock:
             session = self._sessions.get(key)
-            if session is not None and (session.info.digest, session.info.size) != (
-                info.digest,
-                info.size,
+            if session is not None and (session.update.digest, session.update.size) != (
+                update.digest,
+                update.size,
             ):
                 raise ResumeMismatch(
                     "transfer id reused with a different digest or size; use a new transfer id",
-                    transfer_id=info.transfer_id,
+                    transfer_id=update.transfer_id,
                 )
             if session is None:
-                final = self.path_for(silo, info.round, info.transfer_id)
+                final = self.path_for(silo, update.round, update.transfer_id)
                 final.parent.mkdir(parents=True, exist_ok=True)
-                session = UploadSession(silo, info, final)
+                session = UploadSession(silo, update, final)
                 self._sessions[key] = session
-        if info.offset != session.committed:
+        if offset != session.committed:
             raise ResumeMismatch(
-                f"stream starts at offset {info.offset} but {session.committed} bytes are "
+                f"stream starts at offset {offset} but {session.committed} bytes are "
                 "committed; ask UploadStatus and resume from there",
-                transfer_id=info.transfer_id,
+                transfer_id=update.transfer_id,
                 offset=session.committed,
             )
         return session
@@ -160,7 +121,7 @@ class UploadRegistry:
             session = self._sessions.get((silo, transfer_id))
         if session is not None:
             return session.committed, session.final.exists()
-        if not _TRANSFER_ID.fullmatch(transfer_id):
+        if not valid_transfer_id(transfer_id):
             return 0, False
         for final in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd")):
             return final.stat().st_size, True
@@ -190,5 +151,5 @@ class UploadRegistry:
                 log.debug("spool_cleaned", round=round_)
         with self._lock:
             for key, s in list(self._sessions.items()):
-                if s.info.round < before:
+                if s.update.round < before:
                     del self._sessions[key]

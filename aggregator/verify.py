@@ -13,11 +13,11 @@ from pathlib import Path
 from aggregator.audit import AuditLog, read_audit
 from aggregator.config import ServerConfig
 from aggregator.store import Store
-from aggregator.uploads import UploadHeaderInfo
 from aggregator.validate import ModelShapes, validate_update
 from photon.errors import PhotonError, UpdateRejected
 from photon.federation import FederationSpec
 from photon.signing import verify_digest
+from photon.update import UpdateRecord
 
 RECENT = 20
 MIN_HISTORY = 3
@@ -39,16 +39,14 @@ class UpdateVerifier:
         self.counts: Counter[str] = Counter(str(e.get("verdict")) for e in entries)
         self._reconcile(store, entries)
 
-    def verify(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None
-    ) -> float:
+    def verify(self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None) -> float:
         """The update's L2 norm, or UpdateRejected (recorded in the audit log)."""
         try:
-            self._check_signature(silo, info, peer_cert)
+            self._check_signature(silo, update, peer_cert)
             norm = validate_update(path, self.model, self.spec)
-            self._check_norm(silo, info.round, norm)
+            self._check_norm(silo, update.round, norm)
         except PhotonError as exc:
-            self.record(silo, info, "rejected", str(exc))
+            self.record(silo, update, "rejected", str(exc))
             raise
         return norm
 
@@ -61,43 +59,34 @@ class UpdateVerifier:
             if e.get("verdict") == "accepted"
         }
         for u in store.all_updates():
-            if (u.silo_id, u.round, u.digest) not in audited:
+            if (u.silo_id, u.update.round, u.update.digest) not in audited:
                 self.audit.record(
                     silo=u.silo_id,
-                    round=u.round,
-                    digest=u.digest,
-                    signature=u.signature,
+                    **u.update.audit_fields(),
                     verdict="accepted",
                     reason="recorded before a restart",
                 )
                 self.counts["accepted"] += 1
 
-    def accepted(self, silo: str, info: UploadHeaderInfo, norm: float) -> None:
+    def accepted(self, silo: str, update: UpdateRecord, norm: float) -> None:
         self.recent.append(norm)
-        self.record(silo, info, "accepted")
+        self.record(silo, update, "accepted")
 
-    def record(self, silo: str, info: UploadHeaderInfo, verdict: str, reason: str = "") -> None:
+    def record(self, silo: str, update: UpdateRecord, verdict: str, reason: str = "") -> None:
         self.counts[verdict] += 1
-        self.audit.record(
-            silo=silo,
-            round=info.round,
-            digest=info.digest,
-            signature=info.signature,
-            verdict=verdict,
-            reason=reason,
-        )
+        self.audit.record(silo=silo, **update.audit_fields(), verdict=verdict, reason=reason)
 
-    def _check_signature(self, silo: str, info: UploadHeaderInfo, peer_cert: bytes | None) -> None:
+    def _check_signature(self, silo: str, update: UpdateRecord, peer_cert: bytes | None) -> None:
         if peer_cert is None:  # plaintext (--insecure): no identity to check against
             return
-        if not self.server.require_signatures and not info.signature:
+        if not self.server.require_signatures and not update.signature:
             return
-        if not verify_digest(peer_cert, info.digest, info.round, info.signature):
+        if not verify_digest(peer_cert, update.digest, update.round, update.signature):
             raise UpdateRejected(
                 "the update's signature does not verify against the silo's certificate "
                 "(sign the digest with the certificate's key)",
                 silo=silo,
-                round=info.round,
+                round=update.round,
             )
 
     def _check_norm(self, silo: str, round_: int, norm: float) -> None:

@@ -11,6 +11,7 @@
     │   └── LinkTimeout              no progress on a link within the allowed time
     ├── CodecError                   an object cannot be encoded or decoded (corrupt, bad manifest)
     ├── UpdateRejected               an update failed validation (manifest, finite, norm, round)
+    ├── AlreadyAccepted              this silo's update for the round is already in the journal
     ├── RoundClosed                  an update or task refers to a round that is no longer open
     ├── ResourceExhausted            a limit (transfers, request rate) refuses the call for now
     └── NotAuthorized                a peer's identity is not allowed to do what it asked
@@ -94,6 +95,11 @@ class CodecError(PhotonError):
 
 class UpdateRejected(PhotonError):
     """An update failed validation; nothing of it reached the aggregate."""
+
+
+class AlreadyAccepted(PhotonError):
+    """The silo's update for this round was accepted before: a second copy is not needed.
+    Not a failure for the silo, whose update is in."""
 
 
 class RoundClosed(PhotonError):

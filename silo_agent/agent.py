@@ -30,6 +30,7 @@ from photon.model import LlamaModel, ModelConfig, build_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
 from photon.trainer import TrainStats
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.backend import RoundTrainer, TrainingBackend, trainer_config
 from silo_agent.client import AggregatorClient
@@ -112,11 +113,11 @@ class SiloAgent:
     # -- one round ----------------------------------------------------------------------------
     def _train_round(self, task: pb.Task) -> None:
         pending = self.state.pending
-        if pending is not None and pending.round == task.round:
+        if pending is not None and pending.update.round == task.round:
             self._upload(pending)
             return
         if pending is not None:
-            log.info("pending_dropped", round=pending.round, reason="its round has closed")
+            log.info("pending_dropped", round=pending.update.round, reason="its round has closed")
             self.state.clear_pending()
         params = self._global(task.base_version)
         base_eval = self._evaluate(params)
@@ -207,11 +208,10 @@ class SiloAgent:
         self, task: pb.Task, info: ObjectInfo, stats: TrainStats, base_eval: float, seconds: float
     ) -> PendingUpdate:
         """The record of the encoded update, signed, as it will be uploaded."""
-        return PendingUpdate(
+        update = UpdateRecord(
             round=task.round,
             base_version=task.base_version,
             transfer_id=f"{self.cfg.silo.name}-r{task.round}-{info.digest[:16]}",
-            path=str(self.state.pending_path(task.round)),
             digest=info.digest,
             size=info.size,
             num_tokens=stats.tokens,
@@ -220,12 +220,13 @@ class SiloAgent:
             train_seconds=seconds,
             signature=self._sign(info.digest, task.round),
         )
+        return PendingUpdate(update=update, path=str(self.state.pending_path(task.round)))
 
-    def _sign(self, digest: str, round_: int) -> str:
+    def _sign(self, digest: str, round_: int) -> bytes:
         s = self.cfg.silo
         if s.insecure or s.certs_dir is None:
-            return ""
-        return sign_digest(TLSFiles.for_silo(s.certs_dir, s.name).key, digest, round_).hex()
+            return b""
+        return sign_digest(TLSFiles.for_silo(s.certs_dir, s.name).key, digest, round_)
 
     def _feedback(self) -> ErrorFeedback | None:
         """Error feedback for lossy codecs, restored from the last committed round."""
@@ -238,8 +239,8 @@ class SiloAgent:
         return feedback
 
     def _upload(self, pending: PendingUpdate) -> None:
-        self.heartbeat.set(round_=pending.round, phase="upload")
-        bar = Progress("upload", pending.size, "B")
+        self.heartbeat.set(round_=pending.update.round, phase="upload")
+        bar = Progress("upload", pending.update.size, "B")
         try:
             outcome = upload(
                 self.client,
@@ -251,11 +252,16 @@ class SiloAgent:
         finally:
             bar.close()
         self.metrics.rounds.labels(outcome.value).inc()
-        log.info("upload_finished", round=pending.round, outcome=outcome.value, bytes=pending.size)
+        log.info(
+            "upload_finished",
+            round=pending.update.round,
+            outcome=outcome.value,
+            bytes=pending.update.size,
+        )
         if outcome is UploadOutcome.REJECTED:
             log.error(
                 "update_refused",
-                round=pending.round,
+                round=pending.update.round,
                 detail="the aggregator refused this update; this round is skipped",
             )
         self.state.clear_pending()

@@ -81,7 +81,7 @@ class SiloState:
     @property
     def pending(self) -> PendingUpdate | None:
         p = self._record.get("pending")
-        return PendingUpdate(**p) if p else None
+        return PendingUpdate.from_json(p) if p else None
 
     def new_trainer_dir(self, round_: int) -> Path:
         path = self.root / "trainer" / f"r{round_:06d}"

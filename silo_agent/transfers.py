@@ -11,8 +11,9 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import torch
@@ -24,6 +25,7 @@ from photon.errors import ChunkIntegrityError, CodecError, TransferError
 from photon.faults import crash_point
 from photon.fsutil import atomic_write_bytes
 from photon.logs import get_logger
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient, is_transient, status_of
 
@@ -34,20 +36,17 @@ log = get_logger("silo_agent.transfers")
 class PendingUpdate:
     """An encoded update on disk, waiting to be (or being) uploaded."""
 
-    round: int
-    base_version: int
-    transfer_id: str
+    update: UpdateRecord
+    #: The encoded object.
     path: str
-    digest: str
-    size: int
-    num_tokens: int
-    train_loss: float
-    base_eval_loss: float
-    train_seconds: float
-    signature: str = ""
 
     def to_json(self) -> dict[str, object]:
-        return asdict(self)
+        """The flat object `state.json` keeps: the record's fields and the path."""
+        return {**self.update.to_json(), "path": self.path}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> PendingUpdate:
+        return cls(update=UpdateRecord.from_json(d), path=str(d["path"]))
 
 
 #: Called with the size of every chunk sent or received: pacing, progress, metrics.
@@ -110,12 +109,13 @@ def upload(
     except grpc.RpcError as exc:
         code, details = exc.code(), exc.details()
         if code == grpc.StatusCode.FAILED_PRECONDITION:
-            log.warning("upload_round_closed", round=pending.round, detail=details)
+            log.warning("upload_round_closed", round=pending.update.round, detail=details)
             return UploadOutcome.ROUND_CLOSED
-        if code == grpc.StatusCode.INVALID_ARGUMENT and "already accepted" in (details or ""):
+        if code == grpc.StatusCode.ALREADY_EXISTS:  # accepted before: a retry after a crash
+            log.info("upload_already_accepted", round=pending.update.round, detail=details)
             return UploadOutcome.ACCEPTED
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            log.error("upload_rejected", round=pending.round, detail=details)
+            log.error("upload_rejected", round=pending.update.round, detail=details)
             return UploadOutcome.REJECTED
         raise
     return UploadOutcome.ACCEPTED
@@ -124,39 +124,30 @@ def upload(
 def _upload_once(
     client: AggregatorClient, p: PendingUpdate, chunk_bytes: int, hook: ChunkHook
 ) -> None:
-    start = int(client.upload_status(p.transfer_id).committed_offset)
-    if start > p.size:
+    u = p.update
+    status = client.upload_status(u.transfer_id)
+    if status.accepted:
+        log.info("upload_already_accepted", transfer_id=u.transfer_id)
+        return
+    start = int(status.committed_offset)
+    if start > u.size:
         start = 0
     if start:
-        log.info("upload_resuming", transfer_id=p.transfer_id, offset=start, size=p.size)
+        log.info("upload_resuming", transfer_id=u.transfer_id, offset=start, size=u.size)
     reply = client.stub.Upload(
         _upload_messages(p, start, chunk_bytes, hook),
         metadata=client.metadata,
-        timeout=stream_deadline(p.size - start),
+        timeout=stream_deadline(u.size - start),
     )
     if reply.status != pb.UploadReply.ACCEPTED:
-        raise _Incomplete(f"committed {reply.committed_offset} of {p.size}")
-    log.info("upload_accepted", transfer_id=p.transfer_id, bytes_sent=p.size - start)
+        raise _Incomplete(f"committed {reply.committed_offset} of {u.size}")
+    log.info("upload_accepted", transfer_id=u.transfer_id, bytes_sent=u.size - start)
 
 
 def _upload_messages(
     p: PendingUpdate, start: int, chunk_bytes: int, hook: ChunkHook
 ) -> Iterator[pb.UploadChunk]:
-    yield pb.UploadChunk(
-        header=pb.UploadHeader(
-            transfer_id=p.transfer_id,
-            round=p.round,
-            base_version=p.base_version,
-            digest=p.digest,
-            size=p.size,
-            offset=start,
-            num_tokens=p.num_tokens,
-            train_loss=p.train_loss,
-            base_eval_loss=p.base_eval_loss,
-            train_seconds=p.train_seconds,
-            signature=bytes.fromhex(p.signature),
-        )
-    )
+    yield pb.UploadChunk(header=p.update.to_header(offset=start))
     for c in iter_file_chunks(Path(p.path), start=start, chunk_size=chunk_bytes):
         hook(len(c.data))
         crash_point("silo.upload_chunk")

@@ -14,6 +14,7 @@ from aggregator.privacy import PrivacyConfig
 from aggregator.store import UpdateRow
 from aggregator.summary import privacy_summary
 from bandwidth.codec import write_object
+from photon.update import UpdateRecord
 
 
 def update(
@@ -22,19 +23,15 @@ def update(
     path = tmp_path / f"{silo}.upd"
     info = write_object(path, tensors, codec)
     norm = float(sum(float((t.double() ** 2).sum()) for t in tensors.values()) ** 0.5)
-    return UpdateRow(
+    update = UpdateRecord(
         round=0,
-        silo_id=silo,
+        transfer_id=f"{silo}-r0",
+        base_version=0,
         digest=info.digest,
-        path=str(path),
         size=info.size,
         num_tokens=tokens,
-        train_loss=None,
-        base_eval_loss=None,
-        train_seconds=None,
-        accepted_at=0.0,
-        norm=norm,
     )
+    return UpdateRow(silo_id=silo, update=update, path=str(path), accepted_at=0.0, norm=norm)
 
 
 def test_token_weighted_average_is_independent_of_arrival_order(tmp_path: Path) -> None:

@@ -23,10 +23,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.auth import SERVICE, FederationAuth
 from aggregator.globalmodel import Published
-from aggregator.handler import Admission, Direction, TaskDecision
+from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.limits import RequestRate
 from aggregator.servicer import FederationServicer
-from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import UploadRegistry, UploadSession
+from photon.update import UpdateRecord
 from photon import pki
 from photon.pki.issuing import load_ca
 from photon.tls import TLSFiles, channel_credentials, server_credentials
@@ -64,19 +65,19 @@ class RecordingHandler:
     def download(self, version: int, have_version: int) -> Published | None:
         return self.published if version == self.published.version else None
 
-    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
+    def begin_upload(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
         self._saw("begin_upload", silo)
-        return UploadRegistry(self.spool).open(silo, info)
+        return UploadRegistry(self.spool).open(silo, update, offset)
 
     def complete_upload(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+        self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None
     ) -> bool:
         self._saw("complete_upload", silo)
         return True
 
-    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
+    def upload_status(self, silo: str, transfer_id: str) -> UploadState:
         self._saw("upload_status", silo)
-        return 0, False
+        return UploadState(0, complete=False, accepted=False)
 
     def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:
         self._saw(f"traffic_{direction}", silo)

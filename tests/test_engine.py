@@ -11,11 +11,17 @@ from aggregator.aggregate import accumulate
 from aggregator.config import AggregatorConfig, RoundsConfig, ServerConfig
 from aggregator.engine import RoundEngine
 from aggregator.store import Store, UpdateRow
-from aggregator.uploads import UploadHeaderInfo
 from bandwidth.chunking import iter_file_chunks
 from bandwidth.codec import write_object
-from photon.errors import NotAuthorized, ResumeMismatch, RoundClosed, UpdateRejected
+from photon.errors import (
+    AlreadyAccepted,
+    NotAuthorized,
+    ResumeMismatch,
+    RoundClosed,
+    UpdateRejected,
+)
 from photon.federation import FederationSpec
+from photon.update import UpdateRecord
 
 
 class FakeModel:
@@ -85,19 +91,18 @@ def send_update(
 ) -> bool:
     src = tmp_path / f"src-{silo}-{round_}.upd"
     info = write_object(src, {"w": torch.full((8,), value)}, "fp32")
-    header = UploadHeaderInfo(
+    header = UpdateRecord(
         transfer_id=f"{silo}-r{round_}",
         round=round_,
         base_version=round_,
         digest=info.digest,
         size=info.size,
-        offset=0,
         num_tokens=tokens,
         train_loss=1.0,
         base_eval_loss=2.0,
         train_seconds=1.0,
     )
-    session = engine.begin_upload(silo, header)
+    session = engine.begin_upload(silo, header, 0)
     gen = session.claim()
     for chunk in iter_file_chunks(src, chunk_size=64):
         session.write(gen, chunk.offset, bytes(chunk.data), chunk.crc32)
@@ -152,7 +157,7 @@ def test_duplicate_update_is_refused_and_late_update_names_open_round(tmp_path: 
     join_all(engine, 2)
     engine.tick()
     send_update(engine, tmp_path, "s0", 0, 1.0)
-    with pytest.raises(UpdateRejected, match="already accepted"):
+    with pytest.raises(AlreadyAccepted, match="already accepted"):
         send_update(engine, tmp_path, "s0", 0, 1.0)
     send_update(engine, tmp_path, "s1", 0, 1.0)
     engine.tick()
@@ -222,7 +227,7 @@ def test_restart_keeps_accepted_updates_and_continues_the_round(tmp_path: Path) 
     store2 = Store(tmp_path / "journal.sqlite")
     engine2, _, _, _ = make_engine(tmp_path, store=store2, model=model, clock=clock)
     join_all(engine2, 2)
-    with pytest.raises(UpdateRejected, match="already accepted"):
+    with pytest.raises(AlreadyAccepted, match="already accepted"):
         send_update(engine2, tmp_path, "s0", 0, 2.0)
     send_update(engine2, tmp_path, "s1", 0, 2.0)
     engine2.tick()
@@ -235,26 +240,25 @@ def test_resume_must_start_at_committed_offset(tmp_path: Path) -> None:
     engine.tick()
     src = tmp_path / "u.upd"
     info = write_object(src, {"w": torch.ones(8)}, "fp32")
-    header = UploadHeaderInfo(
+    header = UpdateRecord(
         transfer_id="t1",
         round=0,
         base_version=0,
         digest=info.digest,
         size=info.size,
-        offset=0,
         num_tokens=1,
         train_loss=None,
         base_eval_loss=None,
         train_seconds=0.0,
     )
-    session = engine.begin_upload("s0", header)
+    session = engine.begin_upload("s0", header, 0)
     gen = session.claim()
     first = next(iter_file_chunks(src, chunk_size=32))
     session.write(gen, 0, bytes(first.data), first.crc32)
     session.sync()
     assert engine.uploads.committed("s0", "t1") == (32, False)
     with pytest.raises(ResumeMismatch, match="32 bytes are committed"):
-        engine.begin_upload("s0", header)  # a new stream claiming offset 0 again
+        engine.begin_upload("s0", header, 0)  # a new stream claiming offset 0 again
 
 
 def test_bad_update_is_rejected_and_leaves_no_trace(tmp_path: Path) -> None:

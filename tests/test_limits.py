@@ -14,12 +14,12 @@ from aggregator.audit import AuditLog
 from aggregator.config import ServerConfig
 from aggregator.limits import IdleWatchdog, RequestRate, TransferSlots
 from aggregator.store import Store
-from aggregator.uploads import UploadHeaderInfo
 from aggregator.verify import UpdateVerifier
 from bandwidth.codec import write_object
 from photon.errors import ResourceExhausted, UpdateRejected
 from photon.federation import FederationSpec
 from photon.tls import TLSFiles, channel_credentials
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from tests.harness import make_federation
@@ -79,16 +79,15 @@ def test_outlier_norm_is_rejected_and_audited(tmp_path: Path) -> None:
     verifier = UpdateVerifier(server, FederationSpec(), _Shapes(), Store(tmp_path / "j.db"), audit)
     verifier.recent.extend([1.0, 1.2, 0.9])
 
-    def update(value: float) -> tuple[UploadHeaderInfo, Path]:
+    def update(value: float) -> tuple[UpdateRecord, Path]:
         path = tmp_path / f"{value}.upd"
         info = write_object(path, {"w": torch.full((4,), value)}, "fp32")
-        return UploadHeaderInfo(
+        return UpdateRecord(
             transfer_id="t",
             round=0,
             base_version=0,
             digest=info.digest,
             size=info.size,
-            offset=0,
             num_tokens=1,
             train_loss=None,
             base_eval_loss=None,
@@ -123,7 +122,6 @@ def test_slow_loris_upload_stream_is_cancelled(tmp_path: Path) -> None:
                         base_version=0,
                         digest="0" * 64,
                         size=1000,
-                        offset=0,
                         num_tokens=1,
                     )
                 )

@@ -21,8 +21,12 @@ from photon.model import build_model, preset
 from photon.pki import issue
 from photon.signing import sign_digest
 from photon.tls import TLSFiles, channel_credentials
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
+from silo_agent.client import AggregatorClient
+from silo_agent.config import load_silo_config
+from silo_agent.transfers import PendingUpdate, UploadOutcome, upload
 from tests.harness import Federation, make_federation
 
 CHUNK = 64 * 1024
@@ -208,14 +212,53 @@ def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Sil
     assert silo.upload(blob, transfer="good").status == pb.UploadReply.ACCEPTED
     _refused(
         lambda: silo.upload(blob, transfer="good-again"),
-        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
         "already accepted",
     )
+    status = silo.stub.UploadStatus(pb.UploadStatusRequest(transfer_id="good"), timeout=10)
+    assert (status.complete, status.accepted) == (True, True)
+    status = silo.stub.UploadStatus(pb.UploadStatusRequest(transfer_id="good-again"), timeout=10)
+    assert not status.accepted, "that transfer was refused"
     store = Store(fed.state_dir / "journal.sqlite")
     try:
-        assert [u.silo_id for u in store.updates(0)] == ["silo-0"]
+        assert [(u.silo_id, u.update.transfer_id) for u in store.updates(0)] == [("silo-0", "good")]
     finally:
         store.close()
+
+
+def test_the_silo_takes_an_already_accepted_update_as_done(
+    running: tuple[Federation, Silo, Silo],
+) -> None:
+    """After test_good_update_then_duplicate_is_idempotent: silo-0's round-0 update is in."""
+    fed, _, _ = running
+    blob = _good_blob()
+    path = fed.root / "again.upd"
+    path.write_bytes(blob)
+    digest = hashlib.sha256(blob).hexdigest()
+    signature = sign_digest(fed.root / "certs" / "silos" / "silo-0.key", digest, 0)
+    client = AggregatorClient(load_silo_config(fed.root / "silo-0.toml"))
+
+    def send(transfer_id: str) -> tuple[UploadOutcome, int]:
+        update = UpdateRecord(
+            round=0,
+            transfer_id=transfer_id,
+            base_version=0,
+            digest=digest,
+            size=len(blob),
+            num_tokens=100,
+            signature=signature,
+        )
+        sent: list[int] = []
+        pending = PendingUpdate(update=update, path=str(path))
+        return upload(client, pending, chunk_bytes=CHUNK, on_chunk=sent.append), sum(sent)
+
+    try:
+        # The journal holds transfer "good": UploadStatus says so and nothing is sent.
+        assert send("good") == (UploadOutcome.ACCEPTED, 0)
+        # Another transfer of the same round is answered ALREADY_EXISTS: done, too.
+        assert send("good-resent")[0] is UploadOutcome.ACCEPTED
+    finally:
+        client.close()
 
 
 def _state_bytes(fed: Federation) -> dict[str, bytes]:

@@ -20,6 +20,7 @@ import psutil
 
 from bench.transfer import rawtls
 from bench.transfer.env import MB, Child, Plan, mb_s, median, random_file, silo_client, timed
+from photon.update import UpdateRecord
 from silo_agent.client import AggregatorClient
 from silo_agent.transfers import PendingUpdate, UploadOutcome, _download_once, upload
 
@@ -92,16 +93,18 @@ def our_upload(
 ) -> None:
     """One upload through silo_agent.transfers.upload; raises unless it was accepted."""
     pending = PendingUpdate(
-        round=round_,
-        base_version=0,
-        transfer_id=transfer_id,
+        update=UpdateRecord(
+            round=round_,
+            base_version=0,
+            transfer_id=transfer_id,
+            digest=digest,
+            size=path.stat().st_size,
+            num_tokens=1,
+            train_loss=0.0,
+            base_eval_loss=0.0,
+            train_seconds=0.0,
+        ),
         path=str(path),
-        digest=digest,
-        size=path.stat().st_size,
-        num_tokens=1,
-        train_loss=0.0,
-        base_eval_loss=0.0,
-        train_seconds=0.0,
     )
     outcome = upload(client, pending, chunk_bytes=chunk_bytes, on_chunk=on_chunk)
     if outcome is not UploadOutcome.ACCEPTED:

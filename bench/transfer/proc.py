@@ -19,6 +19,7 @@ from pathlib import Path
 from aggregator.globalmodel import Published
 from photon import logs
 from photon.fsutil import atomic_write_bytes
+from photon.update import UpdateRecord
 from photon.wire import DEFAULT_CHUNK_BYTES
 from silo_agent.transfers import PendingUpdate, upload
 
@@ -67,16 +68,18 @@ def _upload(a: argparse.Namespace) -> None:
 
     path = Path(a.file)
     pending = PendingUpdate(
-        round=1,
-        base_version=0,
-        transfer_id=f"netns-{int(time.time())}",
+        update=UpdateRecord(
+            round=1,
+            base_version=0,
+            transfer_id=f"netns-{int(time.time())}",
+            digest=a.digest,
+            size=path.stat().st_size,
+            num_tokens=1,
+            train_loss=0.0,
+            base_eval_loss=0.0,
+            train_seconds=0.0,
+        ),
         path=str(path),
-        digest=a.digest,
-        size=path.stat().st_size,
-        num_tokens=1,
-        train_loss=0.0,
-        base_eval_loss=0.0,
-        train_seconds=0.0,
     )
     client = silo_client(Path(a.certs), "silo-0", a.target, a.chunk_bytes)
     try:
@@ -85,7 +88,7 @@ def _upload(a: argparse.Namespace) -> None:
         seconds = time.perf_counter() - started
     finally:
         client.close()
-    result = {"seconds": seconds, "outcome": outcome.value, "bytes": pending.size}
+    result = {"seconds": seconds, "outcome": outcome.value, "bytes": pending.update.size}
     atomic_write_bytes(Path(a.result), json.dumps(result).encode())
 
 

@@ -29,6 +29,7 @@ from photon.model import LlamaModel, preset
 from photon.pki import silo_paths
 from photon.signing import sign_digest
 from photon.tokenizer import ByteTokenizer
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.transfers import PendingUpdate, UploadOutcome, upload
 
@@ -150,17 +151,19 @@ def _prepare_silo(certs: Path, port: int, plan: Plan, silo: str, delta: tuple[Pa
     path, digest = delta
     signature = sign_digest(silo_paths(certs, silo)[1], digest, task.round)
     pending = PendingUpdate(
-        round=task.round,
-        base_version=task.base_version,
-        transfer_id=f"{silo}-r{task.round}",
+        update=UpdateRecord(
+            round=task.round,
+            base_version=task.base_version,
+            transfer_id=f"{silo}-r{task.round}",
+            digest=digest,
+            size=path.stat().st_size,
+            num_tokens=1_000_000,
+            train_loss=1.0,
+            base_eval_loss=math.nan,
+            train_seconds=1.0,
+            signature=signature,
+        ),
         path=str(path),
-        digest=digest,
-        size=path.stat().st_size,
-        num_tokens=1_000_000,
-        train_loss=1.0,
-        base_eval_loss=math.nan,
-        train_seconds=1.0,
-        signature=signature.hex(),
     )
     return client, pending
 

@@ -23,13 +23,14 @@ import grpc
 from aggregator.auth import FederationAuth
 from aggregator.config import ServerConfig
 from aggregator.globalmodel import Published
-from aggregator.handler import Admission, Direction, TaskDecision
+from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.limits import Limits
 from aggregator.servicer import FederationServicer
-from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import UploadRegistry, UploadSession
 from photon.errors import NotAuthorized
 from photon.fsutil import atomic_write_bytes
 from photon.tls import TLSFiles, server_credentials
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import grpc_options
 
@@ -80,17 +81,18 @@ class StandInHandler:
         pub = self.published
         return pub if pub is not None and version == pub.version else None
 
-    def begin_upload(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
-        return self.uploads.open(silo, info)
+    def begin_upload(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
+        return self.uploads.open(silo, update, offset)
 
     def complete_upload(
-        self, silo: str, info: UploadHeaderInfo, path: Path, peer_cert: bytes | None = None
+        self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None
     ) -> bool:
-        self.uploads.discard(info.transfer_id, path)  # verified; the disk is not a bench
+        self.uploads.discard(update.transfer_id, path)  # verified; the disk is not a bench
         return True
 
-    def upload_status(self, silo: str, transfer_id: str) -> tuple[int, bool]:
-        return self.uploads.committed(silo, transfer_id)
+    def upload_status(self, silo: str, transfer_id: str) -> UploadState:
+        committed, complete = self.uploads.committed(silo, transfer_id)
+        return UploadState(committed, complete, accepted=False)  # nothing is journaled
 
     def record_traffic(self, round_: int, silo: str, direction: Direction, n_bytes: int) -> None:
         self.traffic.add(round_, silo, direction, n_bytes)

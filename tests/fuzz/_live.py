@@ -33,6 +33,7 @@ RPC_TIMEOUT = 30.0  # a safety net against hangs, not an assertion about speed
 EXPECTED_CODES = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.DATA_LOSS,
