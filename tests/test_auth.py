@@ -27,10 +27,10 @@ from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.limits import RequestRate
 from aggregator.servicer import FederationServicer
 from aggregator.uploads import UploadRegistry, UploadSession
-from photon.update import UpdateRecord
 from photon import pki
 from photon.pki.issuing import load_ca
 from photon.tls import TLSFiles, channel_credentials, server_credentials
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import INSECURE_IDENTITY_KEY
