@@ -24,6 +24,7 @@ from bandwidth.chunking import iter_file_chunks
 from photon import errors
 from photon.faults import crash_point
 from photon.logs import get_logger
+from photon.names import silo_name_problem
 from photon.pki import RevocationList
 from photon.tls import peer_certificate_pem, peer_identity
 from photon.v1 import federation_pb2 as pb
@@ -114,6 +115,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 "no client certificate identity; connect with a federation silo "
                 "certificate (photon certs issue silo NAME)",
             )
+        problem = silo_name_problem(silo)
+        if problem is not None:  # before the name reaches a rate bucket, the journal or a path
+            _abort(context, errors.NotAuthorized(problem), "identity")
         if self.limits is not None:
             try:
                 self.limits.rate.check(str(silo))

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bandwidth.chunking import PartialFile, sha256_file
-from photon.errors import ResumeMismatch, UpdateRejected
+from photon.errors import NotAuthorized, ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
+from photon.names import PathEscape, path_inside, silo_name_problem
 
 log = get_logger("aggregator.uploads")
 
@@ -26,6 +27,15 @@ _TRANSFER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Counts from the network (tokens) must fit the journal's signed 64-bit integers.
 MAX_COUNT = 2**62
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _check_names(silo: str, transfer_id: str) -> None:
+    """Only checked names become spool paths (silo: photon.names; transfer id: its pattern)."""
+    problem = silo_name_problem(silo)
+    if problem is not None:
+        raise NotAuthorized(problem, silo=silo[:80])
+    if not _TRANSFER_ID.fullmatch(transfer_id):
+        raise UpdateRejected(f"transfer_id {transfer_id[:40]!r} must match {_TRANSFER_ID.pattern}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +136,12 @@ class UploadRegistry:
         self._lock = threading.Lock()
 
     def path_for(self, silo: str, round_: int, transfer_id: str) -> Path:
-        return self.spool / f"r{round_:06d}" / silo / f"{transfer_id}.upd"
+        """The spool path of an update: built from checked names, and inside the spool."""
+        _check_names(silo, transfer_id)
+        try:
+            return path_inside(self.spool, f"r{round_:06d}", silo, f"{transfer_id}.upd")
+        except PathEscape as exc:
+            raise NotAuthorized(str(exc), silo=silo) from None
 
     def open(self, silo: str, info: UploadHeaderInfo) -> UploadSession:
         key = (silo, info.transfer_id)
@@ -162,6 +177,7 @@ class UploadRegistry:
             return session.committed, session.final.exists()
         if not _TRANSFER_ID.fullmatch(transfer_id):
             return 0, False
+        _check_names(silo, transfer_id)
         for final in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd")):
             return final.stat().st_size, True
         for partial in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd.partial")):
