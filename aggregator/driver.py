@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from photon.errors import DaemonFailed
+from photon.faults import fault_point
 from photon.logs import get_logger
 
 log = get_logger("aggregator.driver")
@@ -20,7 +21,7 @@ TICK_S = 0.25
 
 
 def drive(
-    steps: Sequence[Callable[[], None]],
+    steps: Sequence[Callable[[], object]],
     stop: threading.Event,
     *,
     done: Callable[[], bool] = lambda: False,
@@ -30,6 +31,7 @@ def drive(
     DaemonFailed if a step raises."""
     while not stop.wait(tick_s):
         try:
+            fault_point("aggregator.tick")
             for step in steps:
                 step()
         except Exception as exc:

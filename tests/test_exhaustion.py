@@ -15,6 +15,7 @@ import structlog
 
 from aggregator.driver import drive
 from photon.errors import DaemonFailed
+from photon.faults import FAIL_ENV
 from photon.tls import TLSFiles, channel_credentials
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
@@ -151,3 +152,21 @@ def test_the_round_driver_returns_when_done_or_stopped() -> None:
     stop = threading.Event()
     stop.set()
     assert drive([lambda: None], stop, tick_s=0.01) is False
+
+
+def test_a_failing_round_driver_ends_the_process_non_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    monkeypatch.setenv(FAIL_ENV, "aggregator.tick@8")  # EMFILE on the driver's 8th pass
+    try:
+        proc = fed.start_aggregator(exit_when_done=False)
+        code = proc.wait(timeout=60)
+    finally:
+        fed.stop_all()
+    assert code != 0
+    log = fed.log("aggregator", tail=None)
+    assert "round_driver_failed" in log and "Too many open files" in log, log[-3000:]
+    assert "aggregator_stopped" in log  # the gRPC server was stopped on the way out
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", fed.port)) != 0  # nothing listens any more
