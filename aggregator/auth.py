@@ -21,6 +21,7 @@ import grpc
 from aggregator.limits import RequestRate
 from photon.errors import NotAuthorized, ResourceExhausted
 from photon.logs import get_logger
+from photon.names import silo_name_problem
 from photon.pki import RevocationList
 from photon.tls import peer_certificate_pem, peer_identity
 from photon.v1 import federation_pb2 as pb
@@ -107,6 +108,10 @@ class FederationAuth(grpc.ServerInterceptor):
                 "no client certificate identity; connect with a federation silo "
                 "certificate (photon certs issue silo NAME)",
             )
+        problem = silo_name_problem(silo)
+        if problem is not None:  # before the name reaches a rate bucket, the journal or a path
+            log.warning("rpc_refused", method=method, code="PERMISSION_DENIED", reason=problem)
+            _refuse(context, grpc.StatusCode.PERMISSION_DENIED, problem)
         if self.rate is not None:
             try:
                 self.rate.check(silo)

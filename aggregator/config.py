@@ -59,6 +59,12 @@ class ServerConfig:
     #: Reject an update whose L2 norm exceeds this multiple of the median of recently
     #: accepted updates (needs 3 of them first); 0 disables outlier rejection.
     max_norm_ratio: float = 0.0
+    #: Close a connection that has not finished its TLS handshake within this many seconds
+    #: (bounds half-open and silent connections from unauthenticated peers).
+    handshake_timeout_s: float = 10.0
+    #: Most incoming connections held at once, handshaking or not; further ones are closed at
+    #: once. Lowered at start to fit the process's file-descriptor limit.
+    max_connections: int = 512
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:
@@ -75,6 +81,11 @@ class ServerConfig:
         if self.stream_idle_timeout_s <= 0 or self.max_norm_ratio < 0:
             raise ConfigError("server.stream_idle_timeout_s must be > 0, max_norm_ratio >= 0")
         check_chunk_bytes(self.chunk_bytes, "server.chunk_bytes")
+        if self.handshake_timeout_s <= 0 or self.max_connections < 1:
+            raise ConfigError(
+                "server.handshake_timeout_s must be > 0 and server.max_connections >= 1 "
+                "(try 10.0 and 512)"
+            )
 
 
 @dataclass(kw_only=True, slots=True)

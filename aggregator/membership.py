@@ -14,6 +14,7 @@ from aggregator.config import ServerConfig
 from aggregator.store import Store
 from photon.errors import NotAuthorized
 from photon.logs import get_logger
+from photon.names import silo_name_problem
 
 log = get_logger("aggregator.membership")
 
@@ -32,6 +33,7 @@ class Membership:
             self.last_seen[silo.silo_id] = now
 
     def authorize(self, silo: str) -> None:
+        _check_name(silo)
         allowlist = self.server.allowlist
         if allowlist and silo not in allowlist:
             raise NotAuthorized(f"silo {silo!r} is not in the aggregator's allowlist", silo=silo)
@@ -45,6 +47,7 @@ class Membership:
 
     def touch(self, silo: str) -> None:
         """A call from `silo`: it is alive (and must have joined)."""
+        _check_name(silo)  # a journal from before names were checked may hold a bad one
         if silo not in self.state:
             raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
         self.last_seen[silo] = self.clock()
@@ -96,3 +99,9 @@ class Membership:
             {"silo": s, "state": st, "last_seen_s_ago": round(now - self.last_seen.get(s, now), 1)}
             for s, st in sorted(self.state.items())
         ]
+
+
+def _check_name(silo: str) -> None:
+    problem = silo_name_problem(silo)
+    if problem is not None:
+        raise NotAuthorized(problem, silo=silo[:80])

@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from aggregator.auth import SERVICE, FederationAuth
 from aggregator.config import AggregatorConfig
+from aggregator.driver import drive
 from aggregator.engine import RoundEngine
 from aggregator.evaluator import Evaluator
 from aggregator.globalmodel import GlobalModel
@@ -28,10 +29,11 @@ from photon.memory import release_large_allocations
 from photon.metrics_http import serve_metrics
 from photon.model import preset
 from photon.pki import RevocationList, revocation_path
+from photon.rlimits import connection_budget, raise_descriptor_limit
 from photon.tls import TLSFiles, server_credentials
 from photon.tokenizer import load_tokenizer
 from photon.v1 import federation_pb2_grpc as pb_grpc
-from photon.wire import grpc_options
+from photon.wire import grpc_options, server_connection_options
 
 log = get_logger("aggregator.server")
 
@@ -149,7 +151,7 @@ class AggregatorDaemon:
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.max_workers),
-            options=grpc_options(srv.chunk_bytes),
+            options=grpc_options(srv.chunk_bytes) + self._connection_options(),
             interceptors=[auth],
         )
         servicer = FederationServicer(
@@ -206,17 +208,32 @@ class AggregatorDaemon:
             write_summary(
                 self.summary_path, build_summary(self.store, self.model, self.cfg.federation)
             )
-        while not stop.wait(0.25):
-            self.engine.tick()
-            self.limits.watchdog.sweep()
-            if exit_when_done and self.engine.finished():
+        try:
+            if drive(
+                [self.engine.tick, self.limits.watchdog.sweep],
+                stop,
+                done=lambda: exit_when_done and self.engine.finished(),
+            ):
                 log.info(
                     "federation_done",
                     version=self.model.version,
                     checkpoint=str(self.model.checkpoint_path),
                 )
-                break
-        self.shutdown()
+        finally:
+            self.shutdown()
+
+    def _connection_options(self) -> list[tuple[str, int]]:
+        """Bounds on unauthenticated connections, fitted under the raised descriptor limit."""
+        srv = self.cfg.server
+        budget = connection_budget(srv.max_connections, raise_descriptor_limit())
+        log.info(
+            "connection_limits",
+            max_connections=budget,
+            handshake_timeout_s=srv.handshake_timeout_s,
+        )
+        return server_connection_options(
+            max_connections=budget, handshake_timeout_s=srv.handshake_timeout_s
+        )
 
     def status(self) -> dict[str, Any]:
         """Engine snapshot plus the run record's per-round figures and an ETA."""

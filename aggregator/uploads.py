@@ -11,14 +11,26 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from bandwidth.chunking import PartialFile, sha256_file
-from photon.errors import ResumeMismatch
+from photon.errors import ChunkIntegrityError, NotAuthorized, ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
+from photon.names import PathEscape, path_inside, silo_name_problem
 from photon.update import UpdateRecord, valid_transfer_id
 
 log = get_logger("aggregator.uploads")
+
+
+def _check_names(silo: str, transfer_id: str) -> None:
+    """Only checked names become spool paths (silo: photon.names; transfer id: its pattern)."""
+    problem = silo_name_problem(silo)
+    if problem is not None:
+        raise NotAuthorized(problem, silo=silo[:80])
+    if not valid_transfer_id(transfer_id):
+        raise UpdateRejected(f"transfer_id {transfer_id[:40]!r} is not a valid transfer id")
 
 
 class UploadSession:
@@ -28,6 +40,8 @@ class UploadSession:
         self.silo = silo
         self.update = update
         self.final = final
+        #: Set after an error dropped the in-memory state; the registry then replaces it.
+        self.broken = False
         # Received completely before a crash, but not yet recorded: nothing left to receive.
         partial = final.with_name(final.name + ".partial")
         self.complete = (
@@ -43,6 +57,30 @@ class UploadSession:
         self._lock = threading.Lock()
         self._generation = 0
 
+    @contextmanager
+    def _consistent(self, *errors: type[BaseException]) -> Iterator[None]:
+        """On `errors` (raised again), drop the in-memory state: a failed write or fsync may
+        have left fewer bytes on disk than were counted, and a digest mismatch deletes the
+        partial. The session is then `broken`: it reports the file's size, refuses writes,
+        and the registry's next `open` rebuilds the transfer from the spool."""
+        try:
+            yield
+        except errors:
+            if self.partial is not None:
+                with suppress(OSError):
+                    self.partial.close()
+            self.partial, self.broken = None, True
+            log.info("upload_state_dropped", transfer_id=self.update.transfer_id, at=self.committed)
+            raise
+
+    def _check_usable(self) -> None:
+        if self.broken:
+            raise ResumeMismatch(
+                "this transfer was reset after an error; ask UploadStatus and resume from there",
+                transfer_id=self.update.transfer_id,
+                offset=self.committed,
+            )
+
     def claim(self) -> int:
         """Start a new stream on this session; older streams are superseded."""
         with self._lock:
@@ -51,7 +89,11 @@ class UploadSession:
 
     @property
     def committed(self) -> int:
-        """The next offset this transfer expects (bytes written; synced at stream end)."""
+        """The next offset this transfer expects (bytes written; synced at stream end); after an
+        error, the size of the partial file on disk."""
+        if self.broken:
+            partial = self.final.with_name(self.final.name + ".partial")
+            return partial.stat().st_size if partial.exists() else 0
         return self.update.size if self.partial is None else int(self.partial.received)
 
     def write(self, generation: int, offset: int, data: bytes, crc32: int) -> bool:
@@ -62,18 +104,25 @@ class UploadSession:
                     transfer_id=self.update.transfer_id,
                     offset=offset,
                 )
+            self._check_usable()
             if self.partial is None:
                 return False
-            return bool(self.partial.write_chunk(offset, data, crc32))
+            with self._consistent(OSError):
+                return bool(self.partial.write_chunk(offset, data, crc32))
 
     def sync(self) -> None:
         with self._lock:
             if self.partial is not None:
-                self.partial.sync()
+                with self._consistent(OSError):
+                    self.partial.sync()
 
     def finalize(self) -> Path:
         with self._lock:
-            return self.final if self.partial is None else Path(self.partial.finalize())
+            self._check_usable()
+            if self.partial is None:
+                return self.final
+            with self._consistent(OSError, ChunkIntegrityError):
+                return Path(self.partial.finalize())
 
 
 class UploadRegistry:
@@ -86,13 +135,20 @@ class UploadRegistry:
         self._lock = threading.Lock()
 
     def path_for(self, silo: str, round_: int, transfer_id: str) -> Path:
-        return self.spool / f"r{round_:06d}" / silo / f"{transfer_id}.upd"
+        """The spool path of an update: built from checked names, and inside the spool."""
+        _check_names(silo, transfer_id)
+        try:
+            return path_inside(self.spool, f"r{round_:06d}", silo, f"{transfer_id}.upd")
+        except PathEscape as exc:
+            raise NotAuthorized(str(exc), silo=silo) from None
 
     def open(self, silo: str, update: UpdateRecord, offset: int) -> UploadSession:
         """The receive session of `update`, for a stream that starts at byte `offset`."""
         key = (silo, update.transfer_id)
         with self._lock:
             session = self._sessions.get(key)
+            if session is not None and session.broken:
+                session = None  # its state could not be rebuilt: start again from the spool
             if session is not None and (session.update.digest, session.update.size) != (
                 update.digest,
                 update.size,
@@ -123,6 +179,7 @@ class UploadRegistry:
             return session.committed, session.final.exists()
         if not valid_transfer_id(transfer_id):
             return 0, False
+        _check_names(silo, transfer_id)
         for final in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd")):
             return final.stat().st_size, True
         for partial in sorted(self.spool.glob(f"r*/{silo}/{transfer_id}.upd.partial")):

@@ -14,7 +14,8 @@
     ├── AlreadyAccepted              this silo's update for the round is already in the journal
     ├── RoundClosed                  an update or task refers to a round that is no longer open
     ├── ResourceExhausted            a limit (transfers, request rate) refuses the call for now
-    └── NotAuthorized                a peer's identity is not allowed to do what it asked
+    ├── NotAuthorized                a peer's identity is not allowed to do what it asked
+    └── DaemonFailed                 a daemon's own loop failed; the process must exit non-zero
 
 Every error carries an optional `silo` and `round` so a log line can say whose and when. The
 aggregator's servicer is the only place that turns these into gRPC status codes.
@@ -116,3 +117,8 @@ class ResourceExhausted(PhotonError):
 
 class NotAuthorized(PhotonError):
     """The peer's certificate identity may not perform this action."""
+
+
+class DaemonFailed(PhotonError):
+    """A daemon's own loop (the aggregator's round driver) raised: the process must end with a
+    non-zero exit so that a supervisor restarts it, never linger alive and serving nothing."""

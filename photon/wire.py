@@ -39,3 +39,15 @@ def grpc_options(chunk_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
+
+
+def server_connection_options(
+    *, max_connections: int, handshake_timeout_s: float
+) -> list[tuple[str, int]]:
+    """Bounds on unauthenticated connections, honoured by grpcio's core (checked by
+    tests/test_exhaustion.py): at most `max_connections` held at once (more are closed on
+    accept), and each must finish its TLS handshake within `handshake_timeout_s`."""
+    return [
+        ("grpc.max_allowed_incoming_connections", max_connections),
+        ("grpc.server_handshake_timeout_ms", int(handshake_timeout_s * 1000)),
+    ]

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,14 @@ class Federation:
     def state_dir(self) -> Path:
         return self.root / "aggregator-state"
 
-    def start_aggregator(self, *, exit_when_done: bool = True) -> subprocess.Popen[bytes]:
+    def start_aggregator(
+        self, *, exit_when_done: bool = True, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[bytes]:
         args = ["aggregator", "serve", "--config", str(self.root / "aggregator.toml")]
         if exit_when_done:
             args.append("--exit-when-done")
         (self.root / "aggregator.port").unlink(missing_ok=True)
-        proc = self._spawn("aggregator", args)
+        proc = self._spawn("aggregator", args, preexec_fn=preexec_fn)
         wait_for(
             lambda: (self.root / "aggregator.port").exists() or proc.poll() is not None,
             60,
@@ -86,7 +89,9 @@ class Federation:
     def start_silo(self, name: str) -> subprocess.Popen[bytes]:
         return self._spawn(name, ["silo", "run", "--config", str(self.root / f"{name}.toml")])
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = (self.root / f"{name}.log").open("ab")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
         proc = subprocess.Popen(
@@ -95,6 +100,7 @@ class Federation:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
+            preexec_fn=preexec_fn,
         )
         log.close()
         self.procs[name] = proc

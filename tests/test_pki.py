@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from photon import pki
 from photon.cli.certs import certs
 from photon.errors import PKIError
+from photon.names import RESERVED_NAMES
 
 NOW = datetime.now(timezone.utc)
 
@@ -198,6 +199,8 @@ def _csr(cn: str | None, *, sans: list[x509.GeneralName] | None = None) -> bytes
     ("pem", "match"),
     [
         (_csr("Not_A_Silo"), "invalid silo name"),
+        (_csr("../../x"), "invalid silo name"),
+        (_csr("aggregator"), "reserved"),
         (_csr(None), "no common name"),
         (b"not a csr", "not a PEM certificate signing request"),
     ],
@@ -324,7 +327,9 @@ def test_parse_serial_rejects_non_hex() -> None:
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(name=st.from_regex(pki.SILO_NAME_RE, fullmatch=True))
+@given(
+    name=st.from_regex(pki.SILO_NAME_RE, fullmatch=True).filter(lambda n: n not in RESERVED_NAMES)
+)
 def test_any_valid_silo_name_round_trips_through_issue_and_show(
     fed: pki.FederationPaths, name: str
 ) -> None:
@@ -337,7 +342,10 @@ def test_any_valid_silo_name_round_trips_through_issue_and_show(
 @settings(max_examples=50)
 @given(name=st.text(max_size=70))
 def test_names_outside_the_pattern_are_rejected(name: str) -> None:
-    if pki.SILO_NAME_RE.fullmatch(name):
+    if name in RESERVED_NAMES:
+        with pytest.raises(PKIError, match="reserved"):
+            pki.validate_silo_name(name)
+    elif pki.SILO_NAME_RE.fullmatch(name):
         assert pki.validate_silo_name(name) == name
     else:
         with pytest.raises(PKIError, match="invalid silo name"):
@@ -370,6 +378,19 @@ def test_cli_init_issue_show(tmp_path: Path) -> None:
     assert "verified:    yes" in text
     code, text = run("show", str(out / "silos/silo-0.crt"), "--json")
     assert json.loads(text) == pki.show(out / "silos/silo-0.crt")
+
+
+@pytest.mark.parametrize(("name", "match"), [("aggregator", "reserved"), ("../../x", "invalid")])
+def test_cli_issue_refuses_reserved_and_path_like_silo_names(
+    tmp_path: Path, name: str, match: str
+) -> None:
+    out = tmp_path / "certs"
+    assert run("init", "--silos", "1", "--out", str(out))[0] == 0
+    code, text = run("issue", "silo", name, "--ca", str(out), "--out", str(tmp_path / "o"))
+    assert code != 0
+    assert match in text
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").rglob("*.crt"))
+    assert not (tmp_path / "x.crt").exists()
 
 
 def test_cli_init_with_names_and_init_ca(tmp_path: Path) -> None:

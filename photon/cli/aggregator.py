@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
 
 import click
@@ -38,4 +40,15 @@ def serve(
     stop = stop_on_signals()
     daemon = AggregatorDaemon(cfg)
     daemon.start()
-    daemon.serve(stop, exit_when_done=exit_when_done)
+    try:
+        daemon.serve(stop, exit_when_done=exit_when_done)
+    except Exception:
+        _exit_hard_after(30.0)  # a stuck non-daemon thread must not keep a dead daemon alive
+        raise
+
+
+def _exit_hard_after(seconds: float) -> None:
+    """End the process with status 1 after `seconds` if it has not exited by then."""
+    timer = threading.Timer(seconds, os._exit, args=(1,))
+    timer.daemon = True
+    timer.start()

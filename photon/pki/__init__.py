@@ -27,6 +27,7 @@ Modules: `layout` (names, paths), `build` (certificates in memory), `issuing` (C
 
 from __future__ import annotations
 
+from photon.names import SILO_NAME_RE
 from photon.pki.build import parse_hosts
 from photon.pki.csr import request, sign
 from photon.pki.inspect import (
@@ -41,7 +42,6 @@ from photon.pki.inspect import (
 from photon.pki.issuing import init_ca, init_federation, issue
 from photon.pki.layout import (
     DEFAULT_HOSTS,
-    SILO_NAME_RE,
     SILO_SAN_SUFFIX,
     CAKey,
     FederationPaths,

@@ -14,23 +14,21 @@ from typing import Literal, TypeAlias
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from photon.errors import PKIError
+from photon.names import silo_name_problem
 
 Kind = Literal["aggregator", "silo"]
 CAKey: TypeAlias = ec.EllipticCurvePrivateKey
 
 DEFAULT_HOSTS: tuple[str, ...] = ("localhost", "127.0.0.1", "::1")
 SILO_SAN_SUFFIX = ".silo.photon"
-SILO_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _AGGREGATOR_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def validate_silo_name(name: str) -> str:
-    """Return `name` if it is a valid silo name ([a-z0-9][a-z0-9-]{0,62}), else PKIError."""
-    if not isinstance(name, str) or not SILO_NAME_RE.fullmatch(name):
-        raise PKIError(
-            f"invalid silo name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
-            "starting with a letter or digit (e.g. 'silo-0', 'uni-cambridge')"
-        )
+    """Return `name` if it may be a silo's identity (`photon.names`), else PKIError."""
+    problem = silo_name_problem(name)
+    if problem is not None:
+        raise PKIError(problem)
     return name
 
 
