@@ -7,31 +7,30 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.uploads import UploadHeaderInfo, UploadRegistry, UploadSession
+from aggregator.uploads import UploadRegistry, UploadSession
 from bandwidth.chunking import crc32
 from photon.errors import ChunkIntegrityError, ResumeMismatch
+from photon.update import UpdateRecord
 
 GOOD = bytes(range(256)) * 40
 BAD = bytes(reversed(GOOD))  # same size, other bytes: CRCs fine, digest wrong
 
 
-def _info(offset: int = 0) -> UploadHeaderInfo:
-    return UploadHeaderInfo(
-        transfer_id="t1",
-        round=0,
-        base_version=0,
-        digest=hashlib.sha256(GOOD).hexdigest(),
-        size=len(GOOD),
-        offset=offset,
-        num_tokens=1,
-        train_loss=None,
-        base_eval_loss=None,
-        train_seconds=0.0,
-    )
+UPDATE = UpdateRecord(
+    transfer_id="t1",
+    round=0,
+    base_version=0,
+    digest=hashlib.sha256(GOOD).hexdigest(),
+    size=len(GOOD),
+    num_tokens=1,
+    train_loss=None,
+    base_eval_loss=None,
+    train_seconds=0.0,
+)
 
 
 def _send(registry: UploadRegistry, data: bytes, chunk: int = 4096) -> UploadSession:
-    session = registry.open("silo-0", _info())
+    session = registry.open("silo-0", UPDATE, 0)
     generation = session.claim()
     for off in range(0, len(data), chunk):
         piece = data[off : off + chunk]
@@ -58,7 +57,7 @@ def test_a_failed_write_leaves_memory_at_the_bytes_on_disk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     registry = UploadRegistry(tmp_path / "spool")
-    session = registry.open("silo-0", _info())
+    session = registry.open("silo-0", UPDATE, 0)
     generation = session.claim()
     first = GOOD[:4096]
     session.write(generation, 0, first, crc32(first))
@@ -76,10 +75,10 @@ def test_a_failed_write_leaves_memory_at_the_bytes_on_disk(
     on_disk = next((tmp_path / "spool").rglob("*.partial")).stat().st_size
     assert session.committed == on_disk == 4096
     with pytest.raises(ResumeMismatch):
-        registry.open("silo-0", _info(offset=8192))
+        registry.open("silo-0", UPDATE, 8192)
     with pytest.raises(ResumeMismatch):  # a stream still on the old state cannot go on
         session.write(generation, 4096, second, crc32(second))
-    session = registry.open("silo-0", _info(offset=4096))
+    session = registry.open("silo-0", UPDATE, 4096)
     rest = GOOD[4096:]
     session.write(session.claim(), 4096, rest, crc32(rest))
     assert session.finalize().read_bytes() == GOOD
