@@ -58,6 +58,15 @@ class ServerConfig:
     #: Reject an update whose L2 norm exceeds this multiple of the median of recently
     #: accepted updates (needs 3 of them first); 0 disables outlier rejection.
     max_norm_ratio: float = 0.0
+    #: Reject an update whose L2 norm exceeds this multiple of lr × local_steps × √parameters
+    #: (every parameter moving by the peak learning rate at every local step; honest AdamW
+    #: deltas stay far below). Keeps one member from swamping or overflowing the aggregate;
+    #: 0 disables it (not recommended).
+    update_norm_bound: float = 10.0
+    #: Training processes (torchrun ranks) one silo may run. An update's num_tokens, its
+    #: aggregation weight, may be at most local_steps × grad_accum × batch_size × seq_len ×
+    #: this (batch_size is per process); a larger claim is rejected.
+    max_silo_processes: int = 8
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:
@@ -73,6 +82,10 @@ class ServerConfig:
             raise ConfigError("server.max_transfers_per_silo and max_transfers_total must be >= 1")
         if self.stream_idle_timeout_s <= 0 or self.max_norm_ratio < 0:
             raise ConfigError("server.stream_idle_timeout_s must be > 0, max_norm_ratio >= 0")
+        if not self.update_norm_bound >= 0 or self.max_silo_processes < 1:
+            raise ConfigError(
+                "server.update_norm_bound must be >= 0 (try 10) and max_silo_processes >= 1"
+            )
         if not 64 * 1024 <= self.chunk_bytes <= 8 * 1024 * 1024:
             raise ConfigError("server.chunk_bytes must be within [65536, 8388608] (try 2097152)")
 

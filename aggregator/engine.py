@@ -364,7 +364,8 @@ class RoundEngine:
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
         try:
-            self.model.advance(updates, op.row.round)
+            for row in self.model.advance(updates, op.row.round):
+                self.verifier.excluded(row, "left out: the aggregate with it was not finite")
         except BaseException:
             with self._cond:
                 self._aggregating = False

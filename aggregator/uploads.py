@@ -55,10 +55,14 @@ class UploadHeaderInfo:
             raise UpdateRejected(f"offset {self.offset} / size {self.size} are inconsistent")
         if not 0 < self.num_tokens < MAX_COUNT:
             raise UpdateRejected("num_tokens must be in (0, 2**62): it is the update's weight")
-        for name in ("train_loss", "base_eval_loss"):
+        for name in ("train_loss", "base_eval_loss"):  # cross-entropies: never negative
             value = getattr(self, name)
-            if value is not None and math.isinf(value):
-                raise UpdateRejected(f"{name} must be finite")
+            if value is not None and not 0.0 <= value < math.inf:
+                raise UpdateRejected(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0.0 <= self.train_seconds < math.inf:
+            raise UpdateRejected(
+                f"train_seconds must be a finite number >= 0, got {self.train_seconds!r}"
+            )
 
 
 class UploadSession:
