@@ -178,7 +178,7 @@ class GlobalModel:
     def _restore(self) -> None:
         """Parameters and outer state back to the last committed checkpoint."""
         ckpt = load_checkpoint(self.checkpoint_path)
-        self.params = dict(ckpt.params)
+        self.params = {name: ckpt.params[name] for name in self.params}  # same order
         self.outer.load_state_tensors(dict(ckpt.outer_state))
 
     def _save(self, round_: int, version: int | None = None) -> Path:

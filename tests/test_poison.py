@@ -149,7 +149,7 @@ def test_a_non_finite_model_on_disk_does_not_crash_the_evaluating_aggregator(
             if k in ("round", "model_config", "federation_digest")
         },
     )
-    for _ in range(2):
+    for attempt in range(2):
         fed.start_aggregator(exit_when_done=False)
         wait_for(
             lambda: (
@@ -161,7 +161,7 @@ def test_a_non_finite_model_on_disk_does_not_crash_the_evaluating_aggregator(
         )
         assert fed.procs["aggregator"].poll() is None, fed.log("aggregator")
         fed.stop_all()
-        (fed.root / "aggregator.log").rename(fed.root / f"aggregator.{_}.log")
+        (fed.root / "aggregator.log").rename(fed.root / f"aggregator.{attempt}.log")
     assert all(v != 1 for v, *_ in _evals(fed))
 
 
@@ -179,3 +179,51 @@ def test_the_token_bound_counts_every_process_of_a_distributed_silo() -> None:
     with pytest.raises(UpdateRejected, match="max_silo_processes"):
         bounds.check_tokens(4 * per_process + 1, silo="s", round_=0)
     assert bounds.max_norm == pytest.approx(10 * spec.training.lr * 3 * 10)
+
+
+def _round_updates(tmp_path: Path, gm: object, *, poison: float) -> list[object]:
+    from tests.test_aggregate import update
+
+    shapes = gm.shapes  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(0)
+    honest = {k: torch.randn(s, generator=gen) * 1e-3 for k, s in shapes.items()}
+    rows = [update(tmp_path, "b-honest", honest, tokens=384)]
+    if poison != 0.0:
+        bad = {k: torch.zeros(s) for k, s in shapes.items()}
+        bad["lm_head.weight"][0, 0] = poison
+        rows.append(update(tmp_path, "a-hostile", bad, tokens=100))
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("outer", "value"),
+    [
+        ("nesterov", NEAR_FP32_MAX),  # the accumulator overflows
+        ("fedadam", 1e30),  # the average is finite, the second moment g² is not
+    ],
+)
+def test_an_excluded_update_leaves_exactly_the_model_without_it(
+    tmp_path: Path, outer: str, value: float
+) -> None:
+    """The undone step restores parameters and optimizer state: the version equals the one
+    the honest update alone gives, bit for bit, and the next round continues from it."""
+    from aggregator.globalmodel import GlobalModel
+    from aggregator.server import resolve_spec
+    from aggregator.strategies import OuterConfig
+    from photon.federation import FederationSpec
+
+    digests = []
+    for poison in (False, True):
+        spec = FederationSpec(preset="tiny")
+        resolve_spec(spec)
+        gm = GlobalModel(tmp_path / f"s{poison}", spec, OuterConfig(name=outer))  # type: ignore[arg-type]
+        for round_ in range(3):
+            folder = tmp_path / f"u{poison}{round_}"
+            folder.mkdir()
+            hostile = poison and round_ == 1
+            rows = _round_updates(folder, gm, poison=value if hostile else 0.0)
+            excluded = gm.advance(rows, round_)  # type: ignore[arg-type]
+            assert [u.silo_id for u in excluded] == (["a-hostile"] if hostile else [])
+        assert all(bool(torch.isfinite(t).all()) for t in gm.params.values())
+        digests.append((gm.version, gm.digest()))
+    assert digests[0] == digests[1]
