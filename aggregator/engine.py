@@ -171,6 +171,7 @@ class RoundEngine:
             )
         if not 0 <= tokens < MAX_COUNT:
             raise UpdateRejected("tokens must be in [0, 2**62)", silo=silo)
+        self.verifier.bounds.check_eval_tokens(tokens, silo=silo)
         with self._cond:
             self.members.touch(silo)
             if version > self.model.version:

@@ -179,6 +179,10 @@ def test_the_token_bound_counts_every_process_of_a_distributed_silo() -> None:
     with pytest.raises(UpdateRejected, match="max_silo_processes"):
         bounds.check_tokens(4 * per_process + 1, silo="s", round_=0)
     assert bounds.max_norm == pytest.approx(10 * spec.training.lr * 3 * 10)
+    evals = spec.eval_batches * spec.training.batch_size * spec.training.seq_len
+    bounds.check_eval_tokens(4 * evals, silo="s")
+    with pytest.raises(UpdateRejected, match="eval tokens"):
+        bounds.check_eval_tokens(2**62 - 1, silo="s")
 
 
 def _round_updates(tmp_path: Path, gm: object, *, poison: float) -> list[object]:
