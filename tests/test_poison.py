@@ -13,11 +13,19 @@ import pytest
 import torch
 
 from aggregator.audit import read_audit
+from aggregator.bounds import UpdateBounds
 from aggregator.checkpoint import latest_checkpoint, save_checkpoint
-from aggregator.store import Store
+from aggregator.config import ServerConfig
+from aggregator.globalmodel import GlobalModel
+from aggregator.server import resolve_spec
+from aggregator.store import Store, UpdateRow
+from aggregator.strategies import OuterConfig
 from bandwidth.codec import encode_object
+from photon.errors import UpdateRejected
+from photon.federation import FederationSpec
 from photon.v1 import federation_pb2 as pb
 from tests.harness import Federation, make_federation, wait_for
+from tests.test_aggregate import update
 from tests.test_security import Silo, _good_blob, _refused, _shapes
 
 #: Finite, but any ordinary token weight times it overflows fp32.
@@ -76,7 +84,7 @@ def _log_events(fed: Federation, event: str) -> int:
     return sum(1 for line in lines if line.startswith("{") and json.loads(line)["event"] == event)
 
 
-@pytest.mark.parametrize("federation", [EVAL], indirect=True)
+@pytest.mark.parametrize("federation", [EVAL], ids=["with_eval"], indirect=True)
 def test_an_update_near_the_fp32_maximum_is_rejected_by_the_default_norm_bound(
     federation: Federation,
 ) -> None:
@@ -126,7 +134,7 @@ def test_an_overflowing_aggregate_is_never_published_and_restarts_cleanly(
     _assert_finite_checkpoint(fed, 1)
 
 
-@pytest.mark.parametrize("federation", [EVAL], indirect=True)
+@pytest.mark.parametrize("federation", [EVAL], ids=["with_eval"], indirect=True)
 def test_a_non_finite_model_on_disk_does_not_crash_the_evaluating_aggregator(
     federation: Federation,
 ) -> None:
@@ -166,11 +174,6 @@ def test_a_non_finite_model_on_disk_does_not_crash_the_evaluating_aggregator(
 
 
 def test_the_token_bound_counts_every_process_of_a_distributed_silo() -> None:
-    from aggregator.bounds import UpdateBounds
-    from aggregator.config import ServerConfig
-    from photon.errors import UpdateRejected
-    from photon.federation import FederationSpec
-
     spec = FederationSpec(local_steps=3)
     bounds = UpdateBounds.of(ServerConfig(insecure=True, max_silo_processes=4), spec, 100)
     per_process = 3 * spec.training.grad_accum * spec.training.batch_size * spec.training.seq_len
@@ -185,10 +188,8 @@ def test_the_token_bound_counts_every_process_of_a_distributed_silo() -> None:
         bounds.check_eval_tokens(2**62 - 1, silo="s")
 
 
-def _round_updates(tmp_path: Path, gm: object, *, poison: float) -> list[object]:
-    from tests.test_aggregate import update
-
-    shapes = gm.shapes  # type: ignore[attr-defined]
+def _round_updates(tmp_path: Path, gm: GlobalModel, *, poison: float) -> list[UpdateRow]:
+    shapes = gm.shapes
     gen = torch.Generator().manual_seed(0)
     honest = {k: torch.randn(s, generator=gen) * 1e-3 for k, s in shapes.items()}
     rows = [update(tmp_path, "b-honest", honest, tokens=384)]
@@ -211,11 +212,6 @@ def test_an_excluded_update_leaves_exactly_the_model_without_it(
 ) -> None:
     """The undone step restores parameters and optimizer state: the version equals the one
     the honest update alone gives, bit for bit, and the next round continues from it."""
-    from aggregator.globalmodel import GlobalModel
-    from aggregator.server import resolve_spec
-    from aggregator.strategies import OuterConfig
-    from photon.federation import FederationSpec
-
     digests = []
     for poison in (False, True):
         spec = FederationSpec(preset="tiny")
@@ -226,7 +222,7 @@ def test_an_excluded_update_leaves_exactly_the_model_without_it(
             folder.mkdir()
             hostile = poison and round_ == 1
             rows = _round_updates(folder, gm, poison=value if hostile else 0.0)
-            excluded = gm.advance(rows, round_)  # type: ignore[arg-type]
+            excluded = gm.advance(rows, round_)
             assert [u.silo_id for u in excluded] == (["a-hostile"] if hostile else [])
         assert all(bool(torch.isfinite(t).all()) for t in gm.params.values())
         digests.append((gm.version, gm.digest()))
