@@ -65,6 +65,15 @@ class ServerConfig:
     #: Most incoming connections held at once, handshaking or not; further ones are closed at
     #: once. Lowered at start to fit the process's file-descriptor limit.
     max_connections: int = 512
+    #: Reject an update whose L2 norm exceeds this multiple of lr × local_steps × √parameters
+    #: (every parameter moving by the peak learning rate at every local step; honest AdamW
+    #: deltas stay far below). Keeps one member from swamping or overflowing the aggregate;
+    #: 0 disables it (not recommended).
+    update_norm_bound: float = 10.0
+    #: Training processes (torchrun ranks) one silo may run. An update's num_tokens, its
+    #: aggregation weight, may be at most local_steps × grad_accum × batch_size × seq_len ×
+    #: this (batch_size is per process); a larger claim is rejected.
+    max_silo_processes: int = 8
 
     def __post_init__(self) -> None:
         if ":" not in self.listen:
@@ -85,6 +94,10 @@ class ServerConfig:
             raise ConfigError(
                 "server.handshake_timeout_s must be > 0 and server.max_connections >= 1 "
                 "(try 10.0 and 512)"
+            )
+        if not self.update_norm_bound >= 0 or self.max_silo_processes < 1:
+            raise ConfigError(
+                "server.update_norm_bound must be >= 0 (try 10) and max_silo_processes >= 1"
             )
 
 

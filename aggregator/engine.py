@@ -162,6 +162,7 @@ class RoundEngine:
             )
         if not 0 <= tokens < MAX_COUNT:
             raise UpdateRejected("tokens must be in [0, 2**62)", silo=silo)
+        self.verifier.bounds.check_eval_tokens(tokens, silo=silo)
         with self._cond:
             self.members.touch(silo)
             if version > self.model.version:
@@ -365,7 +366,8 @@ class RoundEngine:
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
         try:
-            self.model.advance(updates, op.row.round)
+            for row in self.model.advance(updates, op.row.round):
+                self.verifier.excluded(row, "left out: the aggregate with it was not finite")
         except BaseException:
             with self._cond:
                 self._aggregating = False

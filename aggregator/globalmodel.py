@@ -7,6 +7,7 @@ A version is committed when its checkpoint file is renamed into place; everythin
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from safetensors import safe_open
 
 from aggregator.aggregate import accumulate
+from aggregator.averaging import Accumulator
 from aggregator.privacy import PrivacyConfig, add_noise, noise_generator
 from aggregator.store import UpdateRow
 from aggregator.strategies import OuterConfig, make_outer
@@ -26,6 +28,7 @@ from photon.checkpoint import (
     checkpoint_path,
     clean_tmp,
     latest_checkpoint,
+    load_checkpoint,
     param_digest,
     prune,
     save_checkpoint,
@@ -109,28 +112,32 @@ class GlobalModel:
         return self._digest[1]
 
     # -- one round --------------------------------------------------------------------------
-    def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
-        """Average the updates (token-weighted), take the outer step, commit version + 1."""
-        dp = self.privacy if self.privacy.enabled else None
-        acc = accumulate(updates, clip_norm=dp.clip_norm if dp else None)
+    def advance(self, updates: Sequence[UpdateRow], round_: int) -> list[UpdateRow]:
+        """Average the updates (token-weighted), take the outer step, commit version + 1.
+
+        A version with a non-finite parameter or outer state is never written: the step is
+        undone from the last checkpoint and retried without the largest-norm update, until
+        the result is finite (with no update left, the version repeats the parameters).
+        Returns the updates left out, largest norm first, for the audit log."""
+        kept = sorted(updates, key=lambda u: u.silo_id)
+        excluded: list[UpdateRow] = []
+        acc = self._accumulate(kept)
         crash_point("aggregator.aggregated")
-        with self._lock:
-            # In place, tensor by tensor, freeing each average once used: memory stays at the
-            # parameters plus one accumulator. The checkpoint is the commit point; a crash
-            # before it restarts from the previous checkpoint.
-            for name in sorted(self.params):
-                average = acc.pop(name)
-                if dp is not None:
-                    add_noise(
-                        average,
-                        clip_norm=dp.clip_norm,
-                        noise_multiplier=dp.noise_multiplier,
-                        n_updates=len(updates),
-                        generator=noise_generator(dp.seed, round_, name),
-                    )
-                self.outer.step(name, self.params[name], average, round_)
-            version = self.version + 1
-            path = self._save(round_, version)
+        while True:
+            with self._lock:
+                # In place, tensor by tensor, freeing each average once used: memory stays at
+                # the parameters plus one accumulator. The checkpoint is the commit point; a
+                # crash before it restarts from the previous checkpoint.
+                if acc is None or self._outer_step(acc, len(kept), round_):
+                    version = self.version + 1
+                    path = self._save(round_, version)
+                    break
+                self._restore()
+            worst = max(kept, key=lambda u: (_norm_key(u.norm), u.silo_id))
+            kept.remove(worst)
+            excluded.append(worst)
+            log.error("update_excluded", round=round_, silo=worst.silo_id, norm=worst.norm)
+            acc = self._accumulate(kept)
         # The download objects exist before the new version is announced: a silo told about
         # it (GetTask reads `version`) must be able to download it at once.
         self.publish(version)
@@ -138,6 +145,41 @@ class GlobalModel:
             self.version, self.checkpoint_path = version, path
         if self.keep:
             prune(self.ckpt_dir, keep=max(2, self.keep))
+        return excluded
+
+    def _accumulate(self, updates: Sequence[UpdateRow]) -> Accumulator | None:
+        if not updates:
+            return None
+        dp = self.privacy if self.privacy.enabled else None
+        return accumulate(updates, clip_norm=dp.clip_norm if dp else None)
+
+    def _outer_step(self, acc: Accumulator, n_updates: int, round_: int) -> bool:
+        """Step every tensor from the average; False (parameters possibly changed) if the
+        average, a parameter or the outer state is not finite."""
+        names = sorted(self.params)
+        if not all(_finite(acc.average(name)) for name in names):
+            return False
+        dp = self.privacy if self.privacy.enabled else None
+        for name in names:
+            average = acc.pop(name)
+            if dp is not None:
+                add_noise(
+                    average,
+                    clip_norm=dp.clip_norm,
+                    noise_multiplier=dp.noise_multiplier,
+                    n_updates=n_updates,
+                    generator=noise_generator(dp.seed, round_, name),
+                )
+            self.outer.step(name, self.params[name], average, round_)
+            if not _finite(self.params[name]):
+                return False
+        return all(_finite(t) for t in self.outer.state_tensors().values())
+
+    def _restore(self) -> None:
+        """Parameters and outer state back to the last committed checkpoint."""
+        ckpt = load_checkpoint(self.checkpoint_path)
+        self.params = {name: ckpt.params[name] for name in self.params}  # same order
+        self.outer.load_state_tensors(dict(ckpt.outer_state))
 
     def _save(self, round_: int, version: int | None = None) -> Path:
         meta = {
@@ -191,6 +233,15 @@ class GlobalModel:
             if have_version >= 0 and (version, have_version) in self._published:
                 return self._published[(version, have_version)]
             return self._published.get((version, -1))
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor).all())
+
+
+def _norm_key(norm: float | None) -> float:
+    """Largest first; an unknown or NaN norm counts as the largest."""
+    return math.inf if norm is None or math.isnan(norm) else norm
 
 
 class _LazyTensors(Mapping[str, torch.Tensor]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from concurrent import futures
 from pathlib import Path
@@ -126,8 +127,11 @@ class AggregatorDaemon:
     def _evaluate(self, version: int) -> None:
         if self.evaluator is not None:
             loss, tokens = self.evaluator.loss(self.model.params)
-            self.store.add_eval(version, AGGREGATOR_EVAL, loss, tokens)
-            log.info("global_eval", version=version, eval_loss=round(loss, 4), tokens=tokens)
+            if math.isfinite(loss):
+                self.store.add_eval(version, AGGREGATOR_EVAL, loss, tokens)
+                log.info("global_eval", version=version, eval_loss=round(loss, 4), tokens=tokens)
+            else:  # not stored: a NaN loss has no place in the journal or the summary
+                log.error("global_eval_not_finite", version=version, eval_loss=str(loss))
         summary = build_summary(self.store, self.model, self.cfg.federation)
         write_summary(self.summary_path, summary)
         if summary["rounds"]:

@@ -1,4 +1,4 @@
-"""Verification of a fully received update: signature, contents, and outlier norm.
+"""Verification of a fully received update: signature, reported numbers, contents, and norm.
 
 Runs before anything of the update touches the journal or the aggregate. Every verdict, good or
 bad, goes to the audit log; a rejected update's bytes are deleted by the caller.
@@ -6,13 +6,15 @@ bad, goes to the audit log; a rejected update's bytes are deleted by the caller.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter, deque
 from pathlib import Path
 
 from aggregator.audit import AuditLog, read_audit
+from aggregator.bounds import UpdateBounds
 from aggregator.config import ServerConfig
-from aggregator.store import Store
+from aggregator.store import Store, UpdateRow
 from aggregator.validate import ModelShapes, validate_update
 from photon.errors import PhotonError, UpdateRejected
 from photon.federation import FederationSpec
@@ -33,6 +35,8 @@ class UpdateVerifier:
         audit: AuditLog,
     ) -> None:
         self.server, self.spec, self.model, self.audit = server, spec, model, audit
+        num_params = sum(math.prod(shape) for shape in model.shapes.values())
+        self.bounds = UpdateBounds.of(server, spec, num_params)
         norms = [u.norm for u in store.all_updates() if u.norm is not None]
         self.recent: deque[float] = deque(norms[-RECENT:], maxlen=RECENT)
         entries, _ = read_audit(audit.path)
@@ -43,7 +47,9 @@ class UpdateVerifier:
         """The update's L2 norm, or UpdateRejected (recorded in the audit log)."""
         try:
             self._check_signature(silo, update, peer_cert)
+            self.bounds.check_tokens(update.num_tokens, silo=silo, round_=update.round)
             norm = validate_update(path, self.model, self.spec)
+            self.bounds.check_norm(norm, silo=silo, round_=update.round)
             self._check_norm(silo, update.round, norm)
         except PhotonError as exc:
             self.record(silo, update, "rejected", str(exc))
@@ -75,6 +81,18 @@ class UpdateVerifier:
     def record(self, silo: str, update: UpdateRecord, verdict: str, reason: str = "") -> None:
         self.counts[verdict] += 1
         self.audit.record(silo=silo, **update.audit_fields(), verdict=verdict, reason=reason)
+
+    def excluded(self, row: UpdateRow, reason: str) -> None:
+        """An accepted update left out of its round's aggregate (see GlobalModel.advance)."""
+        self.counts["excluded"] += 1
+        self.audit.record(
+            silo=row.silo_id,
+            round=row.update.round,
+            digest=row.update.digest,
+            signature=row.update.signature,
+            verdict="excluded",
+            reason=reason,
+        )
 
     def _check_signature(self, silo: str, update: UpdateRecord, peer_cert: bytes | None) -> None:
         if peer_cert is None:  # plaintext (--insecure): no identity to check against

@@ -90,6 +90,7 @@ class UpdateRecord:
         """The record an upload header describes, and the offset its stream starts at."""
         if h.size <= 0 or not 0 <= h.offset <= h.size:
             raise UpdateRejected(f"offset {h.offset} / size {h.size} are inconsistent")
+        _check_reported_numbers(h)
         record = cls(
             transfer_id=h.transfer_id,
             round=h.round,
@@ -147,3 +148,15 @@ def _nan_for_none(x: float | None) -> float:
 
 def _none_for_nan(x: float | None) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
+
+
+def _check_reported_numbers(h: pb.UploadHeader) -> None:
+    """What a member says about its own training, range-checked where it enters (a NaN loss
+    means "not measured"). Records read back from a journal are not re-checked: a row stored
+    by an older version must never stop the aggregator from starting."""
+    for name in ("train_loss", "base_eval_loss"):  # cross-entropies: never negative
+        value = getattr(h, name)
+        if not math.isnan(value) and not 0.0 <= value < math.inf:
+            raise UpdateRejected(f"{name} must be a finite number >= 0, got {value!r}")
+    if not 0.0 <= h.train_seconds < math.inf:
+        raise UpdateRejected(f"train_seconds must be a finite number >= 0, got {h.train_seconds!r}")

@@ -40,11 +40,12 @@ class FakeModel:
     def max_update_bytes(self) -> int:
         return 1 << 20
 
-    def advance(self, updates: list[UpdateRow], round_: int) -> None:
+    def advance(self, updates: list[UpdateRow], round_: int) -> list[UpdateRow]:
         acc = accumulate(updates)
         self.params["w"] += acc.average("w")
         self.advanced.append((round_, [u.silo_id for u in updates]))
         self.version += 1
+        return []
 
 
 class Clock:
@@ -69,7 +70,8 @@ def make_engine(
     seed: int = 0,
 ) -> tuple[RoundEngine, FakeModel, Clock, Store]:
     cfg = AggregatorConfig(
-        server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[]),
+        # Deltas of 1.0 on an 8-parameter stand-in: far above the default norm bound.
+        server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[], update_norm_bound=0),
         rounds=RoundsConfig(
             min_silos=silos if min_silos is None else min_silos,
             quorum=quorum,

@@ -57,6 +57,9 @@ class Silo:
         crc_ok: bool = True,
         signature: bytes | None = None,
         transfer: str = "t",
+        num_tokens: int = 100,
+        train_seconds: float = 0.0,
+        base_eval_loss: float = math.nan,
     ) -> pb.UploadReply:
         digest = hashlib.sha256(blob).hexdigest()
         if signature is None:
@@ -71,9 +74,10 @@ class Silo:
                     digest=digest,
                     size=len(blob) if size is None else size,
                     offset=0,
-                    num_tokens=100,
+                    num_tokens=num_tokens,
                     train_loss=1.0,
-                    base_eval_loss=math.nan,
+                    base_eval_loss=base_eval_loss,
+                    train_seconds=train_seconds,
                     signature=signature,
                 )
             )
@@ -152,6 +156,13 @@ def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Sil
         ("wrong_codec", grpc.StatusCode.INVALID_ARGUMENT, "uses codec 'int8'"),
         ("garbage", grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
         ("bad_transfer_id", grpc.StatusCode.INVALID_ARGUMENT, "transfer_id"),
+        ("over_reported_tokens", grpc.StatusCode.INVALID_ARGUMENT, "num_tokens 4611686018427"),
+        (
+            "infinite_seconds",
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "train_seconds must be a finite number",
+        ),
+        ("negative_eval_loss", grpc.StatusCode.INVALID_ARGUMENT, "base_eval_loss must be"),
     ],
 )
 def test_bad_update_is_refused_and_leaves_no_trace(
@@ -178,6 +189,9 @@ def test_bad_update_is_refused_and_leaves_no_trace(
         "unsigned": {"signature": b""},
         "replayed_signature": {"sign_round": 7},
         "bad_transfer_id": {"transfer": "../../etc/passwd"},
+        "over_reported_tokens": {"num_tokens": 2**62 - 1},
+        "infinite_seconds": {"train_seconds": math.inf},
+        "negative_eval_loss": {"base_eval_loss": -1.0},
     }.get(case, {})  # type: ignore[assignment]
     kwargs.setdefault("transfer", f"t-{case}")
     _refused(lambda: silo.upload(blob, **kwargs), code, text)  # type: ignore[arg-type]
