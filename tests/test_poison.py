@@ -14,13 +14,13 @@ import torch
 
 from aggregator.audit import read_audit
 from aggregator.bounds import UpdateBounds
-from aggregator.checkpoint import latest_checkpoint, save_checkpoint
 from aggregator.config import ServerConfig
 from aggregator.globalmodel import GlobalModel
 from aggregator.server import resolve_spec
 from aggregator.store import Store, UpdateRow
 from aggregator.strategies import OuterConfig
 from bandwidth.codec import encode_object
+from photon.checkpoint import latest_checkpoint, save_checkpoint
 from photon.errors import UpdateRejected
 from photon.federation import FederationSpec
 from photon.v1 import federation_pb2 as pb
