@@ -1,4 +1,4 @@
-"""The convergence benchmark's runs: the real federation (photon.localfed: an aggregator and
+"""The convergence benchmark's runs: the real federation (photon.cli.localfed: an aggregator and
 one process per silo over mTLS) and its data-parallel-equivalent centralized baseline.
 
 Equal tokens: N silos with batch b, R rounds of H local steps move N*b*R*H*seq_len tokens
@@ -19,7 +19,7 @@ from typing import Any
 from bench._convergence_data import Corpus
 from photon.centralized import CentralizedConfig, train_centralized
 from photon.federation import TrainingSpec
-from photon.localfed.run import LocalFederation, LocalOptions, prepare_workdir
+from photon.cli.localfed.run import LocalFederation, LocalOptions, prepare_workdir
 
 Echo = Callable[[str], None]
 OUTERS: dict[str, tuple[float, float | None]] = {"fedavg": (1.0, None), "nesterov": (0.7, 0.9)}

@@ -60,7 +60,7 @@ def local(
       photon local
       photon local --silos 4 --rounds 8 --local-steps 100 --workdir runs/first
     """
-    from photon.localfed.run import LocalFederation, LocalOptions, prepare_workdir
+    from photon.cli.localfed.run import LocalFederation, LocalOptions, prepare_workdir
 
     opts = LocalOptions(
         silos=silos, rounds=rounds, local_steps=local_steps, preset=preset, codec=codec, outer=outer

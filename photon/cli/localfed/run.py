@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from photon.errors import PhotonError
-from photon.localfed.setup import LocalLayout, LocalOptions, build
-from photon.localfed.table import RoundTable
+from photon.cli.localfed.setup import LocalLayout, LocalOptions, build
+from photon.cli.localfed.table import RoundTable
 
 Echo = Callable[[str], None]
 

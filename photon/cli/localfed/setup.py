@@ -10,7 +10,7 @@ from pathlib import Path
 from photon.data import prepare
 from photon.errors import ConfigError
 from photon.federation import TrainingSpec
-from photon.localfed.corpus import split_stdlib
+from photon.cli.localfed.corpus import split_stdlib
 from photon.pki import init_federation
 from photon.tokenizer import ByteTokenizer
 
