@@ -18,8 +18,9 @@ from typing import Any
 
 from bench._convergence_data import Corpus
 from photon.centralized import CentralizedConfig, train_centralized
+from photon.cli.localfed.run import LocalFederation, prepare_workdir
+from photon.cli.localfed.setup import LocalOptions
 from photon.federation import TrainingSpec
-from photon.cli.localfed.run import LocalFederation, LocalOptions, prepare_workdir
 
 Echo = Callable[[str], None]
 OUTERS: dict[str, tuple[float, float | None]] = {"fedavg": (1.0, None), "nesterov": (0.7, 0.9)}

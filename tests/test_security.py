@@ -17,13 +17,14 @@ import torch
 from aggregator.audit import read_audit
 from aggregator.store import Store
 from bandwidth.codec import encode_object
+from photon.cli.localfed.launcher import Launcher
 from photon.model import build_model, preset
 from photon.pki import issue
 from photon.signing import sign_digest
 from photon.tls import TLSFiles, channel_credentials
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
-from tests.harness import Federation, make_federation
+from tests.harness import make_federation
 
 CHUNK = 64 * 1024
 
@@ -35,7 +36,7 @@ def _shapes() -> dict[str, torch.Tensor]:
 
 
 class Silo:
-    def __init__(self, fed: Federation, name: str) -> None:
+    def __init__(self, fed: Launcher, name: str) -> None:
         self.name = name
         self.key = fed.root / "certs" / "silos" / f"{name}.key"
         creds = channel_credentials(TLSFiles.for_silo(fed.root / "certs", name))
@@ -89,14 +90,11 @@ def _refused(call: object, code: grpc.StatusCode, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Silo, Silo]]:
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher, Silo, Silo]]:
     root = tmp_path_factory.mktemp("sec")
-    fed = make_federation(
-        root,
-        silos=2,
-        rounds=1,
-        extra_server='allowlist = ["silo-0", "silo-1"]\nmax_requests_per_s = 0',
-    )
+    fed = make_federation(root, silos=2, rounds=1)
+    fed.aggregator.server.allowlist = ["silo-0", "silo-1"]
+    fed.aggregator.server.max_requests_per_s = 0.0
     fed.start_aggregator(exit_when_done=False)
     a, b = Silo(fed, "silo-0"), Silo(fed, "silo-1")
     for s in (a, b):
@@ -114,7 +112,7 @@ def _good_blob() -> bytes:
     return encode_object({k: v + 1e-3 for k, v in _shapes().items()}, "fp32")
 
 
-def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Silo, Silo]) -> None:
+def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, _, _ = running
     issue(fed.root / "certs", "silo", "intruder")
     stranger = Silo(fed, "intruder")
@@ -151,7 +149,7 @@ def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Sil
     ],
 )
 def test_bad_update_is_refused_and_leaves_no_trace(
-    running: tuple[Federation, Silo, Silo], case: str, code: grpc.StatusCode, text: str
+    running: tuple[Launcher, Silo, Silo], case: str, code: grpc.StatusCode, text: str
 ) -> None:
     fed, silo, _ = running
     before = _state_bytes(fed)
@@ -180,7 +178,7 @@ def test_bad_update_is_refused_and_leaves_no_trace(
     assert _state_bytes(fed) == before, "a rejected update must not change any state"
 
 
-def test_rejections_are_in_the_audit_log(running: tuple[Federation, Silo, Silo]) -> None:
+def test_rejections_are_in_the_audit_log(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, _, _ = running
     entries, broken = read_audit(fed.state_dir / "audit.jsonl")
     assert broken is None
@@ -188,7 +186,7 @@ def test_rejections_are_in_the_audit_log(running: tuple[Federation, Silo, Silo])
     assert any("signature" in e["reason"] for e in entries)
 
 
-def test_a_silo_cannot_upload_as_another(running: tuple[Federation, Silo, Silo]) -> None:
+def test_a_silo_cannot_upload_as_another(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, silo0, _ = running
     # silo-0 signs with silo-1's key: the connection's certificate decides who it is.
     blob = _good_blob()
@@ -202,7 +200,7 @@ def test_a_silo_cannot_upload_as_another(running: tuple[Federation, Silo, Silo])
     )
 
 
-def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Silo, Silo]) -> None:
+def test_good_update_then_duplicate_is_idempotent(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, silo, _ = running
     blob = _good_blob()
     assert silo.upload(blob, transfer="good").status == pb.UploadReply.ACCEPTED
@@ -218,7 +216,7 @@ def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Sil
         store.close()
 
 
-def _state_bytes(fed: Federation) -> dict[str, bytes]:
+def _state_bytes(fed: Launcher) -> dict[str, bytes]:
     """The journal's accepted updates and every checkpoint and published file, as bytes."""
     store = Store(fed.state_dir / "journal.sqlite")
     try:

@@ -17,9 +17,7 @@ class RoundTable:
         self.printed: set[int] = set()
         self.header_done = False
 
-    def update(self, summary: dict[str, Any] | None) -> None:
-        if summary is None:
-            return
+    def update(self, summary: dict[str, Any]) -> None:
         if not self.header_done and summary.get("initial_eval_loss") is not None:
             self._header(summary["initial_eval_loss"])
         for row in summary.get("rounds", []):
