@@ -12,7 +12,7 @@ import pytest
 from aggregator.config import AggregatorConfig, EvalConfig, RoundsConfig, load_aggregator_config
 from aggregator.privacy import PrivacyConfig
 from aggregator.strategies import OuterConfig
-from photon.cli.localfed.launcher import LaunchError, Launcher, aggregator_config, silo_config
+from photon.cli.localfed.launcher import Launcher, LaunchError, aggregator_config, silo_config
 from photon.configload import read_toml
 from photon.configwrite import to_toml
 from photon.errors import ConfigError
