@@ -12,9 +12,9 @@ import pytest
 from aggregator.config import AggregatorConfig, EvalConfig, RoundsConfig, load_aggregator_config
 from aggregator.privacy import PrivacyConfig
 from aggregator.strategies import OuterConfig
+from photon.cli.configwrite import to_toml
 from photon.cli.localfed.launcher import Launcher, LaunchError, aggregator_config, silo_config
 from photon.configload import read_toml
-from photon.configwrite import to_toml
 from photon.errors import ConfigError
 from photon.federation import FederationSpec, TrainingSpec
 from photon.retry import RetryPolicy

@@ -2,7 +2,7 @@
 `photon local`, the integration tests and the fault-injection tests.
 
 The configs are `AggregatorConfig` and `SiloConfig` objects; each is written as TOML (from the
-dataclasses, by `photon.configwrite`) just before its process starts, so what a caller changes
+dataclasses, by `photon.cli.configwrite`) just before its process starts, so what a caller changes
 on the objects is what the process reads. Every process runs `python -m photon ...` exactly as
 an operator would, in `root`, its output in `<log_dir>/<name>.log`. Every wait is bounded.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.config import AggregatorConfig, ServerConfig
-from photon.configwrite import to_toml
+from photon.cli.configwrite import to_toml
 from photon.errors import PhotonError
 from photon.faults import ENV as CRASH_ENV
 from silo_agent.config import SiloConfig, SiloSection

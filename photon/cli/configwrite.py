@@ -2,23 +2,17 @@
 
 The inverse of `configload.from_mapping`: each nested dataclass becomes a `[dotted.table]`; a
 field equal to its default is left out (so a file holds what differs from the defaults, and None
-can only be a default, as TOML has no null); paths are written as strings, lists and tuples as
-arrays, mappings as inline tables.
+can only be a default, as TOML has no null). Values are written by `toml_value`, the same
+function that writes the commented examples (`photon config example`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import re
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from photon.configexample import toml_value
 from photon.errors import ConfigError
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
 def to_toml(config: Any, comment: str = "") -> str:
@@ -34,7 +28,7 @@ def _write_table(obj: Any, where: str, lines: list[str]) -> None:
     scalars: list[str] = []
     tables: list[tuple[str, Any]] = []
     for f in dataclasses.fields(obj):
-        key, value = _dotted(where, f.name), getattr(obj, f.name)
+        key, value = f"{where}.{f.name}" if where else f.name, getattr(obj, f.name)
         if not f.init:
             continue
         if dataclasses.is_dataclass(value):
@@ -44,7 +38,7 @@ def _write_table(obj: Any, where: str, lines: list[str]) -> None:
         elif value is None:
             raise ConfigError(f"{key} is None but its default is not; TOML cannot write None")
         else:
-            scalars.append(f"{_key(f.name)} = {_value(value, key)}")
+            scalars.append(f"{f.name} = {_value(value, key)}")
     if where and scalars:
         lines += ["", f"[{where}]"]
     lines += scalars
@@ -62,35 +56,7 @@ def _is_default(f: dataclasses.Field[Any], value: Any) -> bool:
 
 
 def _value(value: Any, key: str) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return _float(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, Path):
-        return json.dumps(value.as_posix())
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_value(v, f"{key}[{i}]") for i, v in enumerate(value)) + "]"
-    if isinstance(value, Mapping):
-        items = (f"{_key(str(k))} = {_value(v, _dotted(key, str(k)))}" for k, v in value.items())
-        return "{" + ", ".join(items) + "}"
-    raise ConfigError(f"{key}: cannot write a {type(value).__name__} to TOML")
-
-
-def _float(value: float) -> str:
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return repr(value)
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.match(name) else json.dumps(name)
-
-
-def _dotted(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
+    try:
+        return toml_value(value)
+    except TypeError as exc:
+        raise ConfigError(f"{key}: {exc}") from exc
