@@ -116,7 +116,7 @@ def tx_bytes(ns: str, dev: str) -> int:
 def _federation(root: Path, topo: Topology) -> Launcher:
     fed = faults_federation(root, silos=topo.silos)
     hosts = [topo.agg_ip(i) for i in range(topo.silos)]
-    init_federation(root / "certs", silos=fed.silos, hosts=hosts, force=True)
+    init_federation(root / "certs", silos=list(fed.silos), hosts=hosts, force=True)
     fed.aggregator.server.listen = f"0.0.0.0:{fed.port}"
     for i, cfg in enumerate(fed.silos.values()):
         cfg.silo.aggregator = f"{topo.agg_ip(i)}:{fed.port}"
