@@ -1,26 +1,25 @@
 """A real federation for tests: certificates, small generated data, daemons as processes.
 
-Every process runs `python -m photon ...` exactly as an operator would; tests talk to it only
-through its files, its port and signals. Every wait is bounded.
+The processes come from the one launcher (photon.cli.localfed.launcher), as in `photon local`;
+what is specific to tests is here: a small generated corpus, a fixed free port (so a restarted
+aggregator and link emulators keep one address), short deadlines and single-threaded torch.
+Tests talk to the processes only through their files, their port and signals.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aggregator.config import RoundsConfig
+from photon.cli.localfed.launcher import Launcher, aggregator_config, silo_config
 from photon.data import prepare
+from photon.federation import Codec, FederationSpec, TrainingSpec
 from photon.pki import init_federation
+from photon.retry import RetryPolicy
 from photon.tokenizer import ByteTokenizer
 
 WORDS = [
@@ -59,92 +58,6 @@ def write_corpus(folder: Path, seed: int, docs: int = 30) -> None:
         (folder / f"doc{i:03d}.txt").write_text(text)
 
 
-@dataclass
-class Federation:
-    root: Path
-    silos: list[str]
-    port: int
-    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.root / "aggregator-state"
-
-    def start_aggregator(
-        self, *, exit_when_done: bool = True, preexec_fn: Callable[[], None] | None = None
-    ) -> subprocess.Popen[bytes]:
-        args = ["aggregator", "serve", "--config", str(self.root / "aggregator.toml")]
-        if exit_when_done:
-            args.append("--exit-when-done")
-        (self.root / "aggregator.port").unlink(missing_ok=True)
-        proc = self._spawn("aggregator", args, preexec_fn=preexec_fn)
-        wait_for(
-            lambda: (self.root / "aggregator.port").exists() or proc.poll() is not None,
-            60,
-            "aggregator to listen",
-        )
-        assert proc.poll() is None, self.log("aggregator")
-        return proc
-
-    def start_silo(self, name: str) -> subprocess.Popen[bytes]:
-        return self._spawn(name, ["silo", "run", "--config", str(self.root / f"{name}.toml")])
-
-    def _spawn(
-        self, name: str, args: list[str], preexec_fn: Callable[[], None] | None = None
-    ) -> subprocess.Popen[bytes]:
-        log = (self.root / f"{name}.log").open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "photon", *args, "--log-format", "json"],
-            cwd=self.root,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            preexec_fn=preexec_fn,
-        )
-        log.close()
-        self.procs[name] = proc
-        return proc
-
-    def log(self, name: str, tail: int | None = 4000) -> str:
-        """The process's log (its last `tail` characters; None for all of it)."""
-        path = self.root / f"{name}.log"
-        if not path.exists():
-            return "(no log)"
-        text = path.read_text(errors="replace")
-        return text if tail is None else text[-tail:]
-
-    def summary(self) -> dict[str, Any]:
-        path = self.state_dir / "summary.json"
-        try:
-            return dict(json.loads(path.read_bytes()))
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-
-    def wait_all(self, timeout: float) -> dict[str, int]:
-        deadline = time.monotonic() + timeout
-        codes = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise AssertionError(
-                    f"{name} still running after {timeout}s:\n{self.log(name)}"
-                ) from None
-        return codes
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -154,16 +67,10 @@ def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.1) -
 
 
 def make_federation(
-    root: Path,
-    *,
-    silos: int = 2,
-    rounds: int = 2,
-    local_steps: int = 3,
-    codec: str = "fp32",
-    extra_rounds: str = "",
-    extra_server: str = "",
-    extra_federation: str = "",
-) -> Federation:
+    root: Path, *, silos: int = 2, rounds: int = 2, local_steps: int = 3, codec: Codec = "fp32"
+) -> Launcher:
+    """Certificates, data and configs (written) for `silos` silos; change the configs on the
+    returned launcher (each is rewritten when its process starts)."""
     names = [f"silo-{i}" for i in range(silos)]
     init_federation(root / "certs", silos=names)
     for i, name in enumerate(names):
@@ -176,42 +83,19 @@ def make_federation(
             seed=0,
         )
     port = free_port()
-    (root / "aggregator.toml").write_text(f"""
-[server]
-listen = "127.0.0.1:{port}"
-port_file = "aggregator.port"
-state_dir = "aggregator-state"
-certs_dir = "certs"
-{extra_server}
-[rounds]
-min_silos = {silos}
-deadline_s = 300
-heartbeat_timeout_s = 20
-long_poll_s = 2
-{extra_rounds}
-[federation]
-rounds = {rounds}
-local_steps = {local_steps}
-codec = "{codec}"
-eval_batches = 2
-{extra_federation}
-[federation.training]
-batch_size = 4
-seq_len = 32
-warmup_steps = 2
-""")
+    agg = aggregator_config(root, listen=f"127.0.0.1:{port}")
+    agg.rounds = RoundsConfig(
+        min_silos=silos, deadline_s=300.0, heartbeat_timeout_s=20.0, long_poll_s=2.0
+    )
+    training = TrainingSpec(batch_size=4, seq_len=32, warmup_steps=2)
+    agg.federation = FederationSpec(
+        rounds=rounds, local_steps=local_steps, codec=codec, eval_batches=2, training=training
+    )
+    silo_cfgs = {}
     for name in names:
-        (root / f"{name}.toml").write_text(f"""
-[silo]
-name = "{name}"
-aggregator = "localhost:{port}"
-data_dir = "data/{name}"
-state_dir = "state/{name}"
-certs_dir = "certs"
-threads = 1
-[retry]
-initial_s = 0.2
-max_s = 1.0
-give_up_after_s = 120
-""")
-    return Federation(root=root, silos=names, port=port)
+        cfg = silo_config(root, name, root / "data" / name, aggregator=f"localhost:{port}")
+        cfg.retry = RetryPolicy(initial_s=0.2, max_s=1.0, give_up_after_s=120.0)
+        silo_cfgs[name] = cfg
+    fed = Launcher(root=root, aggregator=agg, silos=silo_cfgs, env={"OMP_NUM_THREADS": "1"})
+    fed.write_configs()
+    return fed

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from aggregator.config import AggregatorConfig, ServerConfig
 from photon.cli import main
+from photon.cli.configwrite import to_toml
 
 
 def test_photon_local_runs_a_federation_and_writes_summary(tmp_path: Path) -> None:
@@ -56,7 +58,8 @@ def test_photon_local_refuses_a_non_empty_workdir(tmp_path: Path) -> None:
 
 def test_plaintext_in_config_needs_the_insecure_flag(tmp_path: Path) -> None:
     cfg = tmp_path / "aggregator.toml"
-    cfg.write_text('[server]\nlisten = "127.0.0.1:0"\ninsecure = true\n')
+    server = ServerConfig(listen="127.0.0.1:0", insecure=True)
+    cfg.write_text(to_toml(AggregatorConfig(server=server)))
     result = CliRunner().invoke(main, ["aggregator", "serve", "--config", str(cfg)])
     assert result.exit_code == 1
     assert "pass --insecure on the command line" in result.output

@@ -173,14 +173,16 @@ def test_federation_spec_changes_name_each_key_and_ignore_keys_added_later() -> 
 
 
 def test_aggregator_refuses_a_state_dir_of_another_spec_and_names_the_key(tmp_path: Path) -> None:
-    make_federation(tmp_path, silos=1, rounds=2)
-    toml = tmp_path / "aggregator.toml"
+    fed = make_federation(tmp_path, silos=1, rounds=2)
+    toml = fed.config_path("aggregator")
     AggregatorDaemon(load_aggregator_config(toml)).store.close()
-    toml.write_text(toml.read_text().replace("rounds = 2", "rounds = 3"))
+    fed.aggregator.federation.rounds = 3
+    fed.write_configs()
     with pytest.raises(ConfigError, match=re.escape("(rounds: 2 -> 3)")):
         AggregatorDaemon(load_aggregator_config(toml))
     # A spec stored by an older version without a key that now has its default is adopted.
-    toml.write_text(toml.read_text().replace("rounds = 3", "rounds = 2"))
+    fed.aggregator.federation.rounds = 2
+    fed.write_configs()
     store = Store(tmp_path / "aggregator-state" / "journal.sqlite")
     old = json.loads(store.get_meta("federation_spec") or "")
     del old["block_size"]

@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from photon.cli.localfed.launcher import Launcher
 from photon.data import TokenLoader, TokenShards, prepare
 from photon.errors import DataError
 from photon.federation import FederationSpec
@@ -32,7 +33,7 @@ from silo_agent.distributed import (
     RankTraining,
     init_group,
 )
-from tests.harness import Federation, free_port, make_federation, wait_for, write_corpus
+from tests.harness import free_port, make_federation, wait_for, write_corpus
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),
@@ -246,25 +247,14 @@ def test_two_ranks_train_like_one_process_on_their_joined_batches(
 
 
 # -- a real federation with one silo under torchrun ---------------------------------------------
-def start_torchrun_silo(fed: Federation, name: str, nproc: int) -> subprocess.Popen[bytes]:
+def start_torchrun_silo(fed: Launcher, name: str, nproc: int) -> subprocess.Popen[bytes]:
     """`python -m torch.distributed.run --standalone --nproc_per_node N -m photon silo run`."""
-    log = (fed.root / f"{name}.log").open("ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    args = ["silo", "run", "--config", str(fed.root / f"{name}.toml"), "--log-format", "json"]
-    proc = subprocess.Popen(
-        [*launcher, "--nproc_per_node", str(nproc), "-m", "photon", *args],
-        cwd=fed.root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    log.close()
-    fed.procs[name] = proc
-    return proc
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    args = ["silo", "run", "--config", str(fed.config_path(name))]
+    return fed.spawn(name, args, python=[*torchrun, "--nproc_per_node", str(nproc)])
 
 
-def silo_tokens(fed: Federation) -> list[dict[str, int]]:
+def silo_tokens(fed: Launcher) -> list[dict[str, int]]:
     return [{s: v["tokens"] for s, v in r["silos"].items()} for r in fed.summary()["rounds"]]
 
 

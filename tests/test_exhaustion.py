@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import resource
 import socket
 import threading
 import time
@@ -25,9 +24,8 @@ FD_LIMIT = 1024
 FLOOD = 1100
 
 
-def _limit_descriptors() -> None:
-    """Runs in the child before exec: the common default of 1,024, soft and hard."""
-    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+#: Starts the aggregator at the common default of 1,024 descriptors, soft and hard.
+LIMIT_DESCRIPTORS = ("prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}")
 
 
 def _flood(port: int, count: int, deadline_s: float) -> list[socket.socket]:
@@ -63,10 +61,11 @@ def _status_ok(certs: Path, port: int, within_s: float) -> bool:
 def test_a_flood_of_silent_connections_at_1024_descriptors_leaves_it_serving(
     tmp_path: Path,
 ) -> None:
-    fed = make_federation(tmp_path, silos=1, rounds=1, extra_server="handshake_timeout_s = 3.0")
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    fed.aggregator.server.handshake_timeout_s = 3.0
     socks: list[socket.socket] = []
     try:
-        proc = fed.start_aggregator(exit_when_done=False, preexec_fn=_limit_descriptors)
+        proc = fed.start_aggregator(exit_when_done=False, prefix=LIMIT_DESCRIPTORS)
         socks = _flood(fed.port, FLOOD, deadline_s=60)
         assert len(socks) > FD_LIMIT // 2, "the flood itself did not get through"
         time.sleep(2)  # let the round driver tick while the descriptors are held
@@ -98,7 +97,8 @@ def _closed_by_server(s: socket.socket, within_s: float) -> bool:
 def test_a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeout(
     tmp_path: Path,
 ) -> None:
-    fed = make_federation(tmp_path, silos=1, rounds=1, extra_server="handshake_timeout_s = 2.0")
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    fed.aggregator.server.handshake_timeout_s = 2.0
     try:
         fed.start_aggregator(exit_when_done=False)
         with socket.create_connection(("127.0.0.1", fed.port), timeout=5) as s:
@@ -111,12 +111,9 @@ def test_a_connection_that_never_starts_tls_is_closed_after_the_handshake_timeou
 
 
 def test_connections_past_max_connections_are_closed_at_once(tmp_path: Path) -> None:
-    fed = make_federation(
-        tmp_path,
-        silos=1,
-        rounds=1,
-        extra_server="handshake_timeout_s = 120.0\nmax_connections = 20",
-    )
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    fed.aggregator.server.handshake_timeout_s = 120.0
+    fed.aggregator.server.max_connections = 20
     socks: list[socket.socket] = []
     try:
         fed.start_aggregator(exit_when_done=False)

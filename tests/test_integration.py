@@ -11,14 +11,16 @@ import grpc
 import pytest
 
 from aggregator.audit import read_audit
+from aggregator.privacy import PrivacyConfig
+from photon.cli.localfed.launcher import Launcher
 from photon.pki import init_federation
 from photon.tls import TLSFiles, channel_credentials
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
-from tests.harness import Federation, make_federation, wait_for
+from tests.harness import make_federation, wait_for
 
 
-def accepted_updates(fed: Federation) -> Counter[tuple[str, int]]:
+def accepted_updates(fed: Launcher) -> Counter[tuple[str, int]]:
     entries, broken = read_audit(fed.state_dir / "audit.jsonl")
     assert broken is None
     return Counter((e["silo"], e["round"]) for e in entries if e["verdict"] == "accepted")
@@ -115,8 +117,7 @@ def test_sigterm_then_restart_continues_without_losing_or_repeating_rounds(
 
 def test_central_dp_federation_reports_epsilon(tmp_path: Path) -> None:
     fed = make_federation(tmp_path, silos=2, rounds=2)
-    with (tmp_path / "aggregator.toml").open("a") as fh:
-        fh.write("\n[privacy]\nenabled = true\nclip_norm = 0.5\nnoise_multiplier = 0.8\n")
+    fed.aggregator.privacy = PrivacyConfig(enabled=True, clip_norm=0.5, noise_multiplier=0.8)
     try:
         fed.start_aggregator()
         for name in fed.silos:

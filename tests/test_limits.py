@@ -106,7 +106,8 @@ def test_outlier_norm_is_rejected_and_audited(tmp_path: Path) -> None:
 
 
 def test_slow_loris_upload_stream_is_cancelled(tmp_path: Path) -> None:
-    fed = make_federation(tmp_path, silos=1, rounds=1, extra_server="stream_idle_timeout_s = 1.0")
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    fed.aggregator.server.stream_idle_timeout_s = 1.0
     try:
         fed.start_aggregator(exit_when_done=False)
         creds = channel_credentials(TLSFiles.for_silo(tmp_path / "certs", "silo-0"))

@@ -29,18 +29,12 @@ def _metric(text: str, name: str) -> float:
 
 def test_aggregator_metrics_scrape_and_health(tmp_path: Path) -> None:
     port = free_port()
-    fed = make_federation(
-        tmp_path, silos=1, rounds=1, extra_server=f'metrics_listen = "127.0.0.1:{port}"'
-    )
+    fed = make_federation(tmp_path, silos=1, rounds=1)
+    fed.aggregator.server.metrics_listen = f"127.0.0.1:{port}"
     try:
         fed.start_aggregator(exit_when_done=False)
         silo_port = free_port()
-        cfg = tmp_path / "silo-0.toml"
-        cfg.write_text(
-            cfg.read_text().replace(
-                "[silo]\n", f'[silo]\nmetrics_listen = "127.0.0.1:{silo_port}"\n', 1
-            )
-        )
+        fed.silos["silo-0"].silo.metrics_listen = f"127.0.0.1:{silo_port}"
         silo = fed.start_silo("silo-0")
         wait_for(
             lambda: _scrape(silo_port) is not None or silo.poll() is not None,

@@ -14,23 +14,25 @@ import torch
 
 from aggregator.audit import read_audit
 from aggregator.bounds import UpdateBounds
-from aggregator.config import ServerConfig
+from aggregator.config import EvalConfig, ServerConfig
 from aggregator.globalmodel import GlobalModel
 from aggregator.server import resolve_spec
 from aggregator.store import Store, UpdateRow
 from aggregator.strategies import OuterConfig
 from bandwidth.codec import encode_object
 from photon.checkpoint import latest_checkpoint, save_checkpoint
+from photon.cli.localfed.launcher import Launcher
 from photon.errors import UpdateRejected
 from photon.federation import FederationSpec
 from photon.v1 import federation_pb2 as pb
-from tests.harness import Federation, make_federation, wait_for
+from tests.harness import make_federation, wait_for
 from tests.test_aggregate import update
 from tests.test_security import Silo, _good_blob, _refused, _shapes
 
 #: Finite, but any ordinary token weight times it overflows fp32.
 NEAR_FP32_MAX = 3.0e38
-EVAL = '\n[eval]\ndata_dir = "data/silo-0"\nbatches = 2\n'
+#: The federation fixture's settings: (an operator eval set?, server.update_norm_bound or None).
+EVAL = (True, None)
 
 
 def _overflowing_blob() -> bytes:
@@ -40,16 +42,23 @@ def _overflowing_blob() -> bytes:
 
 
 @pytest.fixture
-def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Federation]:
-    server = 'allowlist = ["silo-0", "silo-1"]\nmax_requests_per_s = 0\n' + request.param
-    fed = make_federation(tmp_path, silos=2, rounds=2, extra_server=server)
+def federation(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Launcher]:
+    with_eval, norm_bound = request.param
+    fed = make_federation(tmp_path, silos=2, rounds=2)
+    server = fed.aggregator.server
+    server.allowlist, server.max_requests_per_s = ["silo-0", "silo-1"], 0.0
+    if norm_bound is not None:
+        server.update_norm_bound = norm_bound
+    if with_eval:
+        fed.aggregator.eval = EvalConfig(data_dir=tmp_path / "data" / "silo-0", batches=2)
+    fed.write_configs()
     try:
         yield fed
     finally:
         fed.stop_all()
 
 
-def _open_round(fed: Federation) -> tuple[Silo, Silo]:
+def _open_round(fed: Launcher) -> tuple[Silo, Silo]:
     fed.start_aggregator(exit_when_done=False)
     a, b = Silo(fed, "silo-0"), Silo(fed, "silo-1")
     for s in (a, b):
@@ -58,20 +67,20 @@ def _open_round(fed: Federation) -> tuple[Silo, Silo]:
     return a, b
 
 
-def _assert_finite_checkpoint(fed: Federation, version: int) -> None:
+def _assert_finite_checkpoint(fed: Launcher, version: int) -> None:
     ckpt = latest_checkpoint(fed.state_dir / "checkpoints")
     assert ckpt is not None and ckpt.version == version
     for name, t in ckpt.params.items():
         assert bool(torch.isfinite(t).all()), f"{name} is not finite in v{version}"
 
 
-def _verdicts(fed: Federation) -> list[tuple[str, str]]:
+def _verdicts(fed: Launcher) -> list[tuple[str, str]]:
     entries, broken = read_audit(fed.state_dir / "audit.jsonl")
     assert broken is None
     return [(str(e["silo"]), str(e["verdict"])) for e in entries]
 
 
-def _evals(fed: Federation) -> list[tuple[int, str, float, int]]:
+def _evals(fed: Launcher) -> list[tuple[int, str, float, int]]:
     store = Store(fed.state_dir / "journal.sqlite")
     try:
         return store.evals()
@@ -79,14 +88,14 @@ def _evals(fed: Federation) -> list[tuple[int, str, float, int]]:
         store.close()
 
 
-def _log_events(fed: Federation, event: str) -> int:
+def _log_events(fed: Launcher, event: str) -> int:
     lines = fed.log("aggregator", tail=None).splitlines()
     return sum(1 for line in lines if line.startswith("{") and json.loads(line)["event"] == event)
 
 
 @pytest.mark.parametrize("federation", [EVAL], ids=["with_eval"], indirect=True)
 def test_an_update_near_the_fp32_maximum_is_rejected_by_the_default_norm_bound(
-    federation: Federation,
+    federation: Launcher,
 ) -> None:
     fed = federation
     a, b = _open_round(fed)
@@ -105,12 +114,12 @@ def test_an_update_near_the_fp32_maximum_is_rejected_by_the_default_norm_bound(
 
 @pytest.mark.parametrize(
     "federation",
-    ["update_norm_bound = 0\n" + EVAL, "update_norm_bound = 0"],
+    [(True, 0.0), (False, 0.0)],
     ids=["with_eval", "without_eval"],
     indirect=True,
 )
 def test_an_overflowing_aggregate_is_never_published_and_restarts_cleanly(
-    federation: Federation,
+    federation: Launcher,
 ) -> None:
     fed = federation
     a, b = _open_round(fed)
@@ -136,7 +145,7 @@ def test_an_overflowing_aggregate_is_never_published_and_restarts_cleanly(
 
 @pytest.mark.parametrize("federation", [EVAL], ids=["with_eval"], indirect=True)
 def test_a_non_finite_model_on_disk_does_not_crash_the_evaluating_aggregator(
-    federation: Federation,
+    federation: Launcher,
 ) -> None:
     """State written before the fix (an Inf version): the NaN evaluation is logged and skipped,
     at every start, and the daemon keeps serving."""

@@ -17,6 +17,7 @@ import torch
 from aggregator.audit import read_audit
 from aggregator.store import Store
 from bandwidth.codec import encode_object
+from photon.cli.localfed.launcher import Launcher
 from photon.model import build_model, preset
 from photon.pki import issue
 from photon.signing import sign_digest
@@ -27,7 +28,7 @@ from photon.v1 import federation_pb2_grpc as pb_grpc
 from silo_agent.client import AggregatorClient
 from silo_agent.config import load_silo_config
 from silo_agent.transfers import PendingUpdate, UploadOutcome, upload
-from tests.harness import Federation, make_federation
+from tests.harness import make_federation
 
 CHUNK = 64 * 1024
 
@@ -39,7 +40,7 @@ def _shapes() -> dict[str, torch.Tensor]:
 
 
 class Silo:
-    def __init__(self, fed: Federation, name: str) -> None:
+    def __init__(self, fed: Launcher, name: str) -> None:
         self.name = name
         self.key = fed.root / "certs" / "silos" / f"{name}.key"
         creds = channel_credentials(TLSFiles.for_silo(fed.root / "certs", name))
@@ -97,14 +98,11 @@ def _refused(call: object, code: grpc.StatusCode, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Federation, Silo, Silo]]:
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Launcher, Silo, Silo]]:
     root = tmp_path_factory.mktemp("sec")
-    fed = make_federation(
-        root,
-        silos=2,
-        rounds=1,
-        extra_server='allowlist = ["silo-0", "silo-1"]\nmax_requests_per_s = 0',
-    )
+    fed = make_federation(root, silos=2, rounds=1)
+    fed.aggregator.server.allowlist = ["silo-0", "silo-1"]
+    fed.aggregator.server.max_requests_per_s = 0.0
     fed.start_aggregator(exit_when_done=False)
     a, b = Silo(fed, "silo-0"), Silo(fed, "silo-1")
     for s in (a, b):
@@ -122,7 +120,7 @@ def _good_blob() -> bytes:
     return encode_object({k: v + 1e-3 for k, v in _shapes().items()}, "fp32")
 
 
-def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Silo, Silo]) -> None:
+def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, _, _ = running
     issue(fed.root / "certs", "silo", "intruder")
     stranger = Silo(fed, "intruder")
@@ -166,7 +164,7 @@ def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Federation, Sil
     ],
 )
 def test_bad_update_is_refused_and_leaves_no_trace(
-    running: tuple[Federation, Silo, Silo], case: str, code: grpc.StatusCode, text: str
+    running: tuple[Launcher, Silo, Silo], case: str, code: grpc.StatusCode, text: str
 ) -> None:
     fed, silo, _ = running
     before = _state_bytes(fed)
@@ -198,7 +196,7 @@ def test_bad_update_is_refused_and_leaves_no_trace(
     assert _state_bytes(fed) == before, "a rejected update must not change any state"
 
 
-def test_rejections_are_in_the_audit_log(running: tuple[Federation, Silo, Silo]) -> None:
+def test_rejections_are_in_the_audit_log(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, _, _ = running
     entries, broken = read_audit(fed.state_dir / "audit.jsonl")
     assert broken is None
@@ -206,7 +204,7 @@ def test_rejections_are_in_the_audit_log(running: tuple[Federation, Silo, Silo])
     assert any("signature" in e["reason"] for e in entries)
 
 
-def test_a_silo_cannot_upload_as_another(running: tuple[Federation, Silo, Silo]) -> None:
+def test_a_silo_cannot_upload_as_another(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, silo0, _ = running
     # silo-0 signs with silo-1's key: the connection's certificate decides who it is.
     blob = _good_blob()
@@ -220,7 +218,7 @@ def test_a_silo_cannot_upload_as_another(running: tuple[Federation, Silo, Silo])
     )
 
 
-def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Silo, Silo]) -> None:
+def test_good_update_then_duplicate_is_idempotent(running: tuple[Launcher, Silo, Silo]) -> None:
     fed, silo, _ = running
     blob = _good_blob()
     assert silo.upload(blob, transfer="good").status == pb.UploadReply.ACCEPTED
@@ -241,7 +239,7 @@ def test_good_update_then_duplicate_is_idempotent(running: tuple[Federation, Sil
 
 
 def test_the_silo_takes_an_already_accepted_update_as_done(
-    running: tuple[Federation, Silo, Silo],
+    running: tuple[Launcher, Silo, Silo],
 ) -> None:
     """After test_good_update_then_duplicate_is_idempotent: silo-0's round-0 update is in."""
     fed, _, _ = running
@@ -275,7 +273,7 @@ def test_the_silo_takes_an_already_accepted_update_as_done(
         client.close()
 
 
-def _state_bytes(fed: Federation) -> dict[str, bytes]:
+def _state_bytes(fed: Launcher) -> dict[str, bytes]:
     """The journal's accepted updates and every checkpoint and published file, as bytes."""
     store = Store(fed.state_dir / "journal.sqlite")
     try:

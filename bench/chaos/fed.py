@@ -18,8 +18,8 @@ from typing import Any
 from bandwidth.link import LinkEmulator, LinkProfile
 from bench.chaos.audit import Accounting, account
 from bench.chaos.schedule import Fault
+from photon.cli.localfed.launcher import Launcher
 from tests.faults._support import faults_federation, linked_silos, start_aggregator, start_silo
-from tests.harness import Federation
 
 CUT_WAIT_S = 20.0
 """How long an armed cut may wait for its bytes before it is counted as not injected (it stays
@@ -66,7 +66,7 @@ class ChaosRun:
     def __init__(self, root: Path, shape: FedShape, echo: Callable[[str], None]) -> None:
         self.shape = shape
         self.echo = echo
-        self.fed: Federation = faults_federation(
+        self.fed: Launcher = faults_federation(
             root, silos=shape.silos, rounds=shape.rounds, local_steps=shape.local_steps
         )
         self.links: dict[str, LinkEmulator] = {}

@@ -4,7 +4,7 @@
 
 Four silos (English, German and Italian fortunes from Debian's fortunes packages, and
 Python's standard-library source) train the `tiny` preset in a REAL local federation
-(aggregator + 4 silo processes over mTLS, photon.localfed), H >= 64 local steps per round,
+(aggregator + 4 silo processes over mTLS, photon.cli.localfed), H >= 64 local steps per round,
 fp32 deltas; then again with int8 deltas. The centralized baseline (photon.centralized)
 trains the same initial model on the union of the four silos' train splits with batch
 4 x the silos' batch for rounds x H steps: the data-parallel equivalent (same tokens, as many

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from photon.cli.localfed.corpus import split_stdlib, stdlib_dir, stdlib_packages
 from photon.data import TokenShards, prepare
 from photon.errors import DataError
 from photon.fsutil import atomic_open, atomic_write_bytes
-from photon.localfed.corpus import split_stdlib, stdlib_dir, stdlib_packages
 from photon.tokenizer import ByteTokenizer
 
 FORTUNES = Path("/usr/share/games/fortunes")

@@ -1,4 +1,4 @@
-"""The convergence benchmark's runs: the real federation (photon.localfed: an aggregator and
+"""The convergence benchmark's runs: the real federation (photon.cli.localfed: an aggregator and
 one process per silo over mTLS) and its data-parallel-equivalent centralized baseline.
 
 Equal tokens: N silos with batch b, R rounds of H local steps move N*b*R*H*seq_len tokens
@@ -14,12 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from aggregator.strategies import StrategyName
 from bench.convergence.data import Corpus
 from photon.centralized import CentralizedConfig, train_centralized
-from photon.federation import TrainingSpec
-from photon.localfed.run import LocalFederation, LocalOptions, prepare_workdir
+from photon.cli.localfed.run import LocalFederation, prepare_workdir
+from photon.cli.localfed.setup import LocalOptions
+from photon.federation import Codec, TrainingSpec
 
 Echo = Callable[[str], None]
 OUTERS: dict[str, tuple[float, float | None]] = {"fedavg": (1.0, None), "nesterov": (0.7, 0.9)}
@@ -151,8 +153,8 @@ def run_federated(
         rounds=plan.rounds,
         local_steps=plan.local_steps,
         preset="tiny",
-        codec=codec,
-        outer=outer,
+        codec=cast(Codec, codec),
+        outer=cast(StrategyName, outer),
         outer_lr=outer_lr,
         outer_momentum=momentum,
         data_dirs=tuple(corpus.silo_dirs),

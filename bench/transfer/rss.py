@@ -23,8 +23,11 @@ from typing import Any
 
 import torch
 
+from aggregator.config import RoundsConfig
 from bandwidth.codec import write_object
-from bench.transfer.env import MB, REPO, SILOS, Child, Plan, silo_client, wait_for
+from bench.transfer.env import MB, REPO, SILOS, Plan, silo_client, wait_for
+from photon.cli.localfed.launcher import Launcher, aggregator_config
+from photon.federation import FederationSpec, TrainingSpec
 from photon.model import LlamaModel, preset
 from photon.pki import silo_paths
 from photon.signing import sign_digest
@@ -33,29 +36,20 @@ from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.transfers import PendingUpdate, UploadOutcome, upload
 
-_CONFIG = """
-[server]
-listen = "127.0.0.1:0"
-port_file = "aggregator.port"
-state_dir = "aggregator-state"
-certs_dir = "{certs}"
-chunk_bytes = {chunk}
-[rounds]
-min_silos = {silos}
-deadline_s = 3600
-heartbeat_timeout_s = 900
-long_poll_s = 2
-[federation]
-preset = "{preset}"
-rounds = 1
-local_steps = 1
-codec = "fp32"
-eval_batches = 1
-[federation.training]
-batch_size = 1
-seq_len = 128
-warmup_steps = 0
-"""
+
+def _aggregator(root: Path, certs: Path, plan: Plan) -> Launcher:
+    """One round of `plan.rss_preset` for the 8 silos, which never time out."""
+    cfg = aggregator_config(root.resolve())
+    cfg.server.certs_dir = certs.resolve()
+    cfg.server.chunk_bytes = plan.chunk_bytes
+    cfg.rounds = RoundsConfig(
+        min_silos=len(SILOS), deadline_s=3600.0, heartbeat_timeout_s=900.0, long_poll_s=2.0
+    )
+    training = TrainingSpec(batch_size=1, seq_len=128, warmup_steps=0)
+    cfg.federation = FederationSpec(
+        preset=plan.rss_preset, rounds=1, local_steps=1, eval_batches=1, training=training
+    )
+    return Launcher(root=root.resolve(), aggregator=cfg, silos={}, env={"OMP_NUM_THREADS": "1"})
 
 
 def model_shapes(name: str) -> dict[str, tuple[int, ...]]:
@@ -196,10 +190,11 @@ def runtime_rss() -> int:
 
 
 def _run_round(
-    root: Path, certs: Path, plan: Plan, deltas: dict[str, tuple[Path, str]], agg: Child
+    fed: Launcher, certs: Path, plan: Plan, deltas: dict[str, tuple[Path, str]]
 ) -> dict[str, Any]:
-    port = int(agg.wait_file(root / "aggregator.port", 600))
-    sampler = Sampler(agg.proc.pid)
+    proc = fed.start_aggregator(exit_when_done=False, timeout_s=600)
+    port = fed.port
+    sampler = Sampler(proc.pid)
     prepared: list[Any] = []
     try:
         time.sleep(1.0)
@@ -211,10 +206,11 @@ def _run_round(
         upload_s = _upload_all(prepared, plan)
         sampler.phase = "aggregate"
         started = time.perf_counter()
-        wait_for(lambda: _logged(agg.log, "round_closed"), 900, "the round to aggregate")
+        log = fed.log_path("aggregator")
+        wait_for(lambda: _logged(log, "round_closed"), 900, "the round to aggregate")
         aggregate_s = time.perf_counter() - started
         time.sleep(1.0)
-        hwm = vm_hwm(agg.proc.pid)
+        hwm = vm_hwm(proc.pid)
     finally:
         sampler.stop()
         for client, _ in prepared:
@@ -228,24 +224,11 @@ def measure(work: Path, certs: Path, plan: Plan) -> dict[str, Any]:
     shapes = model_shapes(plan.rss_preset)
     model_bytes = 4 * sum(math.prod(s) for s in shapes.values())
     deltas = write_deltas(root, shapes, plan.rss_distinct_deltas)
-    (root / "aggregator.toml").write_text(
-        _CONFIG.format(
-            certs=certs.resolve(), chunk=plan.chunk_bytes, silos=len(SILOS), preset=plan.rss_preset
-        )
-    )
-    args = [
-        "aggregator",
-        "serve",
-        "--config",
-        str(root / "aggregator.toml"),
-        "--log-format",
-        "json",
-    ]
-    agg = Child(args, root / "aggregator.log", module="photon")
+    fed = _aggregator(root, certs, plan)
     try:
-        r = _run_round(root, certs, plan, deltas, agg)
+        r = _run_round(fed, certs, plan, deltas)
     finally:
-        agg.stop(60)
+        fed.stop_all(grace_s=60)
     s: Sampler = r["sampler"]
     peak = max(r["hwm"], *(sample[2] for sample in s.samples))
 

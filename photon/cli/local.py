@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from photon.cli.common import photon_errors_as_click
 from photon.codecs import CODECS
+
+if TYPE_CHECKING:
+    from aggregator.strategies import StrategyName
+    from photon.federation import Codec
 
 
 @click.command()
@@ -61,9 +66,15 @@ def local(
       photon local
       photon local --silos 4 --rounds 8 --local-steps 100 --workdir runs/first
     """
-    from photon.localfed.run import LocalFederation, LocalOptions, prepare_workdir
+    from photon.cli.localfed.run import LocalFederation, prepare_workdir
+    from photon.cli.localfed.setup import LocalOptions
 
     opts = LocalOptions(
-        silos=silos, rounds=rounds, local_steps=local_steps, preset=preset, codec=codec, outer=outer
+        silos=silos,
+        rounds=rounds,
+        local_steps=local_steps,
+        preset=preset,
+        codec=cast("Codec", codec),
+        outer=cast("StrategyName", outer),
     )
     LocalFederation(prepare_workdir(workdir), opts, echo=click.echo, timeout_s=timeout).run()

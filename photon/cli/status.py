@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from photon.cli.common import photon_errors_as_click
-from photon.localfed.table import human_bytes
+from photon.humanize import human_bytes
 
 
 @click.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from photon.localfed.table import human_bytes
+from photon.humanize import human_bytes
 from photon.report.summary import RunSummary
 
 NA = "n/a"

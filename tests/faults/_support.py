@@ -1,19 +1,17 @@
 """Shared pieces of the fault-injection tests: processes started with a crash point armed,
 silos routed through a link emulator, and the end-state checks every faulted run must pass.
 
-Builds on tests/harness.py (a real federation of processes) without changing it: a crash point
-is armed by setting PHOTON_CRASH_AT in the environment of one process only, so the restarted
-process runs clean.
+Builds on tests/harness.py (a real federation of processes from the one launcher): a crash
+point is armed by setting PHOTON_CRASH_AT in the environment of one process only (the launcher
+never passes its own on), so the restarted process runs clean.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -23,8 +21,9 @@ from typing import Any
 
 from aggregator.audit import read_audit
 from bandwidth.link import LinkEmulator
+from photon.cli.localfed.launcher import Launcher
 from photon.faults import ENV as CRASH_ENV
-from tests.harness import Federation, make_federation, wait_for
+from tests.harness import make_federation
 
 #: The configuration every deterministic faulted run shares with the fault-free reference:
 #: 2 silos, 2 rounds of 3 local steps, fp32, and 64 KiB chunks so an upload has many chunks.
@@ -35,82 +34,43 @@ CHUNK_BYTES = 65536
 RUN_TIMEOUT_S = 240.0
 
 
-def faults_federation(root: Path, **overrides: Any) -> Federation:
+def faults_federation(root: Path, **overrides: Any) -> Launcher:
     """The shared configuration; `overrides` go to `make_federation`."""
-    kwargs: dict[str, Any] = {
-        "silos": SILOS,
-        "rounds": ROUNDS,
-        "local_steps": LOCAL_STEPS,
-        "extra_server": f"chunk_bytes = {CHUNK_BYTES}",
-    }
+    kwargs: dict[str, Any] = {"silos": SILOS, "rounds": ROUNDS, "local_steps": LOCAL_STEPS}
     kwargs.update(overrides)
     fed = make_federation(root, **kwargs)
-    for name in fed.silos:
-        with (root / f"{name}.toml").open("a") as fh:
-            fh.write(f"[transfer]\nchunk_bytes = {CHUNK_BYTES}\n")
+    fed.aggregator.server.chunk_bytes = CHUNK_BYTES
+    for cfg in fed.silos.values():
+        cfg.transfer.chunk_bytes = CHUNK_BYTES
+    fed.write_configs()
     return fed
 
 
-def spawn(
-    fed: Federation,
-    name: str,
-    args: list[str],
-    env: Mapping[str, str] | None = None,
-    prefix: Sequence[str] = (),
-) -> subprocess.Popen[bytes]:
-    """Like Federation._spawn, with extra environment variables for this process only and
-    an optional command prefix (e.g. `ip netns exec NS`)."""
-    log = (fed.root / f"{name}.log").open("ab")
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    full_env.pop(CRASH_ENV, None)
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        [*prefix, sys.executable, "-m", "photon", *args, "--log-format", "json"],
-        cwd=fed.root,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=full_env,
-    )
-    log.close()
-    fed.procs[name] = proc
-    return proc
-
-
 def start_aggregator(
-    fed: Federation, crash_at: str | None = None, prefix: Sequence[str] = ()
+    fed: Launcher, crash_at: str | None = None, prefix: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
     """Start the aggregator (exits when done), optionally with a crash point armed."""
-    args = ["aggregator", "serve", "--config", str(fed.root / "aggregator.toml")]
-    (fed.root / "aggregator.port").unlink(missing_ok=True)
-    proc = spawn(fed, "aggregator", [*args, "--exit-when-done"], _crash_env(crash_at), prefix)
-    wait_for(
-        lambda: (fed.root / "aggregator.port").exists() or proc.poll() is not None,
-        60,
-        "aggregator to listen",
-    )
-    assert proc.poll() is None, fed.log("aggregator")
-    return proc
+    return fed.start_aggregator(env=_crash_env(crash_at), prefix=prefix, timeout_s=60)
 
 
 def start_silo(
-    fed: Federation, name: str, crash_at: str | None = None, prefix: Sequence[str] = ()
+    fed: Launcher, name: str, crash_at: str | None = None, prefix: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:
-    args = ["silo", "run", "--config", str(fed.root / f"{name}.toml")]
-    return spawn(fed, name, args, _crash_env(crash_at), prefix)
+    return fed.start_silo(name, env=_crash_env(crash_at), prefix=prefix)
 
 
 def _crash_env(crash_at: str | None) -> dict[str, str]:
     return {} if crash_at is None else {CRASH_ENV: crash_at}
 
 
-def start_all(fed: Federation, crash_aggregator: str | None = None) -> subprocess.Popen[bytes]:
+def start_all(fed: Launcher, crash_aggregator: str | None = None) -> subprocess.Popen[bytes]:
     aggregator = start_aggregator(fed, crash_aggregator)
     for name in fed.silos:
         start_silo(fed, name)
     return aggregator
 
 
-def wait_killed(fed: Federation, name: str, proc: subprocess.Popen[bytes], point: str) -> None:
+def wait_killed(fed: Launcher, name: str, proc: subprocess.Popen[bytes], point: str) -> None:
     """Wait until `proc` has SIGKILLed itself at crash point `point`."""
     try:
         code = proc.wait(timeout=RUN_TIMEOUT_S)
@@ -120,14 +80,14 @@ def wait_killed(fed: Federation, name: str, proc: subprocess.Popen[bytes], point
     assert f'"point": "{point}' in fed.log(name), f"{name} died elsewhere:\n{fed.log(name)}"
 
 
-def accepted_updates(fed: Federation) -> Counter[tuple[str, int]]:
+def accepted_updates(fed: Launcher) -> Counter[tuple[str, int]]:
     entries, broken = read_audit(fed.state_dir / "audit.jsonl")
     assert broken is None, f"audit chain broken at entry {broken}"
     return Counter((e["silo"], e["round"]) for e in entries if e["verdict"] == "accepted")
 
 
 def assert_completed(
-    fed: Federation,
+    fed: Launcher,
     codes: Mapping[str, int],
     *,
     rounds: int = ROUNDS,
@@ -155,16 +115,16 @@ def assert_completed(
     return summary
 
 
-def events(fed: Federation, name: str, event: str) -> int:
+def events(fed: Launcher, name: str, event: str) -> int:
     """How many times `name`'s log records `event` (the whole log, not its tail)."""
-    text = (fed.root / f"{name}.log").read_text(errors="replace")
+    text = fed.log(name, tail=None)
     return len(re.findall(rf'"event": "{re.escape(event)}"', text))
 
 
-def event_times(fed: Federation, name: str, event: str) -> list[datetime]:
+def event_times(fed: Launcher, name: str, event: str) -> list[datetime]:
     """When `name` logged `event`, in order (UTC, from the JSON log lines)."""
     times = []
-    for line in (fed.root / f"{name}.log").read_text(errors="replace").splitlines():
+    for line in fed.log(name, tail=None).splitlines():
         if f'"event": "{event}"' in line:
             stamp = json.loads(line)["timestamp"].replace("Z", "+00:00")
             times.append(datetime.fromisoformat(stamp))
@@ -176,27 +136,23 @@ def utc_now() -> datetime:
 
 
 @contextmanager
-def linked_silos(fed: Federation, **link_kwargs: Any) -> Iterator[dict[str, LinkEmulator]]:
+def linked_silos(fed: Launcher, **link_kwargs: Any) -> Iterator[dict[str, LinkEmulator]]:
     """One LinkEmulator per silo between it and the aggregator's fixed port; each silo's
     config is pointed at its link."""
     links: dict[str, LinkEmulator] = {}
     try:
-        for name in fed.silos:
+        for name, cfg in fed.silos.items():
             link = LinkEmulator(upstream=("127.0.0.1", fed.port), **link_kwargs).start()
             links[name] = link
-            config = fed.root / f"{name}.toml"
             host, port = link.address
-            text = config.read_text().replace(
-                f'aggregator = "localhost:{fed.port}"', f'aggregator = "{host}:{port}"'
-            )
-            config.write_text(text)
+            cfg.silo.aggregator = f"{host}:{port}"
         yield links
     finally:
         for link in links.values():
             link.close()
 
 
-def run_to_end(fed: Federation) -> dict[str, int]:
+def run_to_end(fed: Launcher) -> dict[str, int]:
     return fed.wait_all(timeout=RUN_TIMEOUT_S)
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from photon.cli.localfed.launcher import Launcher
 from photon.pki import init_federation
 from tests.faults._support import (
     CHUNK_BYTES,
@@ -31,7 +32,7 @@ from tests.faults._support import (
     start_silo,
     utc_now,
 )
-from tests.harness import Federation, wait_for
+from tests.harness import wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -112,16 +113,13 @@ def tx_bytes(ns: str, dev: str) -> int:
     return int(info[0]["stats64"]["tx"]["bytes"])
 
 
-def _federation(root: Path, topo: Topology) -> Federation:
+def _federation(root: Path, topo: Topology) -> Launcher:
     fed = faults_federation(root, silos=topo.silos)
     hosts = [topo.agg_ip(i) for i in range(topo.silos)]
-    init_federation(root / "certs", silos=fed.silos, hosts=hosts, force=True)
-    cfg = root / "aggregator.toml"
-    cfg.write_text(cfg.read_text().replace("127.0.0.1:", "0.0.0.0:"))
-    for i, name in enumerate(fed.silos):
-        cfg = root / f"{name}.toml"
-        old = f'aggregator = "localhost:{fed.port}"'
-        cfg.write_text(cfg.read_text().replace(old, f'aggregator = "{topo.agg_ip(i)}:{fed.port}"'))
+    init_federation(root / "certs", silos=list(fed.silos), hosts=hosts, force=True)
+    fed.aggregator.server.listen = f"0.0.0.0:{fed.port}"
+    for i, cfg in enumerate(fed.silos.values()):
+        cfg.silo.aggregator = f"{topo.agg_ip(i)}:{fed.port}"
     return fed
 
 

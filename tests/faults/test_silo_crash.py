@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from photon.cli.localfed.launcher import Launcher
 from tests.faults._support import (
     assert_completed,
     events,
@@ -20,10 +21,9 @@ from tests.faults._support import (
     start_silo,
     wait_killed,
 )
-from tests.harness import Federation
 
 
-def _kill_silo_and_restart(tmp_path: Path, crash_at: str) -> tuple[dict[str, object], Federation]:
+def _kill_silo_and_restart(tmp_path: Path, crash_at: str) -> tuple[dict[str, object], Launcher]:
     fed = faults_federation(tmp_path)
     point = crash_at.partition("@")[0]
     try:

@@ -21,12 +21,9 @@ HEARTBEAT_TIMEOUT_S = 3
 def test_silo_killed_for_good_is_marked_lost_and_rounds_complete_without_it(
     tmp_path: Path,
 ) -> None:
-    fed = faults_federation(tmp_path, extra_rounds="quorum = 0.5")
-    config = fed.root / "aggregator.toml"
-    text = config.read_text().replace(
-        "heartbeat_timeout_s = 20", f"heartbeat_timeout_s = {HEARTBEAT_TIMEOUT_S}"
-    )
-    config.write_text(text)
+    fed = faults_federation(tmp_path)
+    fed.aggregator.rounds.quorum = 0.5
+    fed.aggregator.rounds.heartbeat_timeout_s = HEARTBEAT_TIMEOUT_S
     try:
         start_aggregator(fed)
         start_silo(fed, "silo-0")

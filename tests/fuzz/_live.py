@@ -23,11 +23,12 @@ from aggregator.store import Store
 from bandwidth.chunking import sha256_file
 from bandwidth.codec import decode_object, encode_object
 from photon import pki
+from photon.cli.localfed.launcher import Launcher
 from photon.tls import TLSFiles, channel_credentials
 from photon.tokenizer import ByteTokenizer
 from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
-from tests.harness import Federation, make_federation, wait_for
+from tests.harness import make_federation, wait_for
 
 RPC_TIMEOUT = 30.0  # a safety net against hangs, not an assertion about speed
 EXPECTED_CODES = frozenset(
@@ -57,7 +58,7 @@ class Live:
     """A running aggregator (in this process: `AggregatorDaemon` serving on a port, its driver
     in a thread) with round 0 open, and silo-0 joined to it over mTLS."""
 
-    fed: Federation
+    fed: Launcher
     driver: threading.Thread
     """The aggregator's round driver (`AggregatorDaemon.serve`), in this process."""
     channel: grpc.Channel
@@ -138,7 +139,9 @@ def live_aggregator(root: Path) -> Iterator[Live]:
     """A federation of one silo under `root`, its aggregator serving until the block ends."""
     # No request-rate limit: the fuzzers send hundreds of requests a second, and a refusal for
     # rate would hide what the request itself does (tests/test_limits.py covers the limit).
-    fed = make_federation(root, silos=1, rounds=2, extra_server="max_requests_per_s = 0")
+    fed = make_federation(root, silos=1, rounds=2)
+    fed.aggregator.server.max_requests_per_s = 0.0
+    fed.write_configs()
     daemon = AggregatorDaemon(load_aggregator_config(root / "aggregator.toml"))
     daemon.start()
     stop = threading.Event()

@@ -5,13 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
-        n /= 1000
-    return f"{n:.1f}GB"
+from photon.humanize import human_bytes
 
 
 class RoundTable:
@@ -23,9 +17,7 @@ class RoundTable:
         self.printed: set[int] = set()
         self.header_done = False
 
-    def update(self, summary: dict[str, Any] | None) -> None:
-        if summary is None:
-            return
+    def update(self, summary: dict[str, Any]) -> None:
         if not self.header_done and summary.get("initial_eval_loss") is not None:
             self._header(summary["initial_eval_loss"])
         for row in summary.get("rounds", []):
