@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from photon.configexample import toml_value
+from photon.cli.configexample import toml_value
 from photon.errors import ConfigError
 
 
