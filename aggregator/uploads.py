@@ -16,6 +16,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from aggregator.limits import UploadQuota
 from bandwidth.chunking import PartialFile, sha256_file
 from photon.errors import ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
@@ -82,12 +83,42 @@ class UploadSession:
         )
         self._lock = threading.Lock()
         self._generation = 0
+        self._streams = 0  # streams between claim() and release(); the file is open while > 0
 
     def claim(self) -> int:
-        """Start a new stream on this session; older streams are superseded."""
+        """Start a new stream on this session (reopening its file); older streams are
+        superseded. Pair with `release()`."""
         with self._lock:
+            p = self.partial
+            if self._streams == 0 and p is not None and p.closed and p.path.exists():
+                self.partial = self._reopen()  # finalized or deleted partials stay as they are
             self._generation += 1
+            self._streams += 1
             return self._generation
+
+    def _reopen(self) -> PartialFile:
+        info = self.info
+        return PartialFile(
+            self.final, size=info.size, digest=info.digest, transfer_id=info.transfer_id
+        )
+
+    def release(self) -> None:
+        """A stream ended: sync, and close the file when no stream is left, so an abandoned
+        transfer holds no descriptor (the `.partial` stays for a resume)."""
+        with self._lock:
+            self._streams = max(0, self._streams - 1)
+            if self.partial is None:
+                return
+            if self._streams == 0:
+                self.partial.close()
+            else:
+                self.partial.sync()
+
+    def close_if_idle(self) -> None:
+        """Close the file unless a stream holds it (a header was refused before any stream)."""
+        with self._lock:
+            if self._streams == 0 and self.partial is not None:
+                self.partial.close()
 
     @property
     def committed(self) -> int:
@@ -119,8 +150,9 @@ class UploadSession:
 class UploadRegistry:
     """The spool directory and the sessions currently known in memory."""
 
-    def __init__(self, spool: Path) -> None:
+    def __init__(self, spool: Path, quota: UploadQuota | None = None) -> None:
         self.spool = spool
+        self.quota = quota
         self.spool.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[tuple[str, str], UploadSession] = {}
         self._lock = threading.Lock()
@@ -141,11 +173,13 @@ class UploadRegistry:
                     transfer_id=info.transfer_id,
                 )
             if session is None:
+                self._admit(silo, info)
                 final = self.path_for(silo, info.round, info.transfer_id)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 session = UploadSession(silo, info, final)
                 self._sessions[key] = session
         if info.offset != session.committed:
+            session.close_if_idle()
             raise ResumeMismatch(
                 f"stream starts at offset {info.offset} but {session.committed} bytes are "
                 "committed; ask UploadStatus and resume from there",
@@ -153,6 +187,12 @@ class UploadRegistry:
                 offset=session.committed,
             )
         return session
+
+    def _admit(self, silo: str, info: UploadHeaderInfo) -> None:
+        """The silo's upload quota, before a new transfer opens a file (lock held)."""
+        if self.quota is not None:
+            mine = [s.info.size for (who, _), s in self._sessions.items() if who == silo]
+            self.quota.admit(silo, info.transfer_id, info.size, mine)
 
     def committed(self, silo: str, transfer_id: str) -> tuple[int, bool]:
         """(committed bytes, complete) of a transfer, from memory or from the spool."""

@@ -131,7 +131,7 @@ def serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
         options=grpc_options(chunk_bytes),
-        interceptors=[FederationAuth(insecure=False, rate=limits.rate)],
+        interceptors=[FederationAuth(insecure=False, limits=limits)],
     )
     servicer = FederationServicer(
         StandInHandler(state_dir, download),
