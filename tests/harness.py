@@ -157,6 +157,7 @@ def make_federation(
     extra_rounds: str = "",
     extra_server: str = "",
     extra_federation: str = "",
+    long_poll_s: float = 2,
 ) -> Federation:
     names = [f"silo-{i}" for i in range(silos)]
     init_federation(root / "certs", silos=names)
@@ -181,7 +182,7 @@ certs_dir = "certs"
 min_silos = {silos}
 deadline_s = 300
 heartbeat_timeout_s = 20
-long_poll_s = 2
+long_poll_s = {long_poll_s}
 {extra_rounds}
 [federation]
 rounds = {rounds}
