@@ -144,14 +144,15 @@ class _Watched:
     cancel: Callable[[], object]
     silo: str
     last: float
-    window_start: float
+    window_start: float | None = None  # from the first message on
     window_bytes: int = 0
 
 
 @dataclass(slots=True)
 class IdleWatchdog:
-    """Cancels streams that made no progress for `idle_s` seconds, or that moved fewer than
-    `min_bytes_per_s` on average over a window of `idle_s` seconds (a trickle is a stall)."""
+    """Cancels streams that made no progress for `idle_s` seconds (from the moment they are
+    watched), or that moved fewer than `min_bytes_per_s` on average over a window of `idle_s`
+    seconds (windows start at the first message: a trickle is a stall)."""
 
     idle_s: float
     min_bytes_per_s: float = 0.0
@@ -164,7 +165,7 @@ class IdleWatchdog:
         with self._lock:
             self._next += 1
             now = self.clock()
-            self._streams[self._next] = _Watched(cancel, silo, now, now)
+            self._streams[self._next] = _Watched(cancel, silo, now)
             return self._next
 
     def progress(self, token: int, n_bytes: int = 0) -> None:
@@ -173,6 +174,8 @@ class IdleWatchdog:
             if watched is not None:
                 watched.last = self.clock()
                 watched.window_bytes += n_bytes
+                if watched.window_start is None:
+                    watched.window_start = watched.last
 
     def release(self, token: int) -> None:
         with self._lock:
@@ -187,9 +190,9 @@ class IdleWatchdog:
         """Why `w` should be cancelled now, or None (closing a window it passed)."""
         if now - w.last > self.idle_s:
             return "idle"
-        elapsed = now - w.window_start
-        if elapsed < self.idle_s:
+        if w.window_start is None or now - w.window_start <= self.idle_s:
             return None
+        elapsed = now - w.window_start
         if w.window_bytes < self.min_bytes_per_s * elapsed:
             return "too_slow"
         w.window_start, w.window_bytes = now, 0

@@ -581,9 +581,16 @@ def _invalid_payloads(params: dict[str, torch.Tensor]) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     root = tmp_path_factory.mktemp("fuzz-federation")
-    # No request-rate limit: the fuzzers send hundreds of requests a second, and a refusal for
-    # rate would hide what the request itself does (tests/test_limits.py covers the limit).
-    fed = make_federation(root, silos=1, rounds=2, extra_server="max_requests_per_s = 0")
+    # No request-rate limit and no upload quota: the fuzzers send hundreds of requests a
+    # second and abandon hundreds of transfers, and a refusal for rate or quota would hide what
+    # the request itself does (tests/test_limits.py and test_starvation*.py cover the limits).
+    fed = make_federation(
+        root,
+        silos=1,
+        rounds=2,
+        extra_server="max_requests_per_s = 0\nmax_open_uploads_per_silo = 1000000\n"
+        "max_spool_bytes_per_silo = 1000000000000",
+    )
     daemon = AggregatorDaemon(load_aggregator_config(root / "aggregator.toml"))
     daemon.start()
     stop = threading.Event()

@@ -39,18 +39,23 @@ def test_watchdog_cancels_a_trickle_below_the_minimum_rate() -> None:
     cancelled: list[str] = []
     trickle = dog.watch("trickle", lambda: cancelled.append("trickle"))
     steady = dog.watch("steady", lambda: cancelled.append("steady"))
-    for second in range(1, 10):  # never idle: both move a little every second
+    for second in range(1, 12):  # never idle: both move a little every second
         now[0] = float(second)
         dog.progress(trickle, 1)
         dog.progress(steady, 150)
-        assert dog.sweep() == 0  # judged only once a whole window has passed
-    now[0] = 10.0
-    dog.progress(steady, 150)
+        assert dog.sweep() == 0  # judged once a whole window from the first message passed
+    now[0] = 11.5
     assert dog.sweep() == 1 and cancelled == ["trickle"]
-    for second in range(11, 21):  # the next window starts afresh for the steady one
+    for second in range(12, 24):  # the next window starts afresh for the steady one
         now[0] = float(second)
         dog.progress(steady, 150)
-    assert dog.sweep() == 0 and dog.watching() == 1
+        assert dog.sweep() == 0
+    assert dog.watching() == 1
+    silent = dog.watch("silent", lambda: cancelled.append("silent"))  # never sends a byte
+    now[0] += 10.5
+    dog.progress(steady, 2000)
+    assert dog.sweep() == 1 and cancelled == ["trickle", "silent"]
+    dog.release(silent)
 
 
 def test_a_call_holds_its_slots_until_closed_and_refusals_hold_nothing() -> None:
