@@ -153,7 +153,7 @@ class ParkingHandler(RecordingHandler):
 
 def _get_task(channel: grpc.Channel, silo: str) -> grpc.Future:
     stub = pb_grpc.FederationStub(channel)
-    return stub.GetTask.future(  # type: ignore[no-any-return]
+    return stub.GetTask.future(
         pb.GetTaskRequest(), timeout=30, metadata=((INSECURE_IDENTITY_KEY, silo),)
     )
 
@@ -190,3 +190,44 @@ def test_one_member_parks_at_most_one_long_poll_and_the_pool_is_bounded(tmp_path
         handler.release.set()
         server.stop(grace=None)
     assert limits.long_polls.held("a") == 0 and limits.calls.held("a") == 0
+
+
+def test_a_cancelled_download_gives_its_slots_back(tmp_path: Path) -> None:
+    limits = _limits()  # one transfer per silo
+    blob = tmp_path / "v0.obj"
+    blob.write_bytes(bytes(32 << 20))  # larger than flow control lets through unread
+    published = Published(blob, "0" * 64, 32 << 20, 0, -1)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=8),
+        interceptors=[FederationAuth(insecure=True, limits=limits)],
+    )
+    servicer = FederationServicer(
+        RecordingHandler(tmp_path / "spool", published),
+        chunk_bytes=65536,
+        long_poll_s=0.0,
+        limits=limits,
+    )
+    pb_grpc.add_FederationServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    as_a = ((INSECURE_IDENTITY_KEY, "a"),)
+    request = pb.DownloadRequest(version=0, have_version=-1)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.FederationStub(channel)
+            first = stub.Download(request, timeout=30, metadata=as_a)
+            assert next(first).WhichOneof("body") == "header"
+            with pytest.raises(grpc.RpcError) as refused:
+                next(stub.Download(request, timeout=30, metadata=as_a))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            first.cancel()
+            wait_for(
+                lambda: limits.slots.held("a") == limits.calls.held("a") == 0,
+                20,
+                "the cancelled download's slots",
+            )
+            assert limits.watchdog.watching() == 0
+            received = sum(len(m.chunk.data) for m in stub.Download(request, metadata=as_a))
+            assert received == 32 << 20
+    finally:
+        server.stop(grace=None)
