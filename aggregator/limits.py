@@ -231,7 +231,7 @@ class Limits:
     rate: RequestRate
     watchdog: IdleWatchdog
     calls: CallSlots = field(default_factory=lambda: CallSlots(per_silo=4))
-    long_polls: LongPolls = field(default_factory=lambda: LongPolls(per_silo=1, total=16))
+    long_polls: LongPolls = field(default_factory=lambda: LongPolls(per_silo=1, total=32))
 
     @classmethod
     def for_aggregator(cls, cfg: AggregatorConfig) -> Limits:
@@ -256,7 +256,7 @@ class Limits:
         requests_per_s: float,
         idle_s: float,
         calls_per_silo: int = 4,
-        long_polls: int = 16,
+        long_polls: int = 32,
         min_bytes_per_s: float = 0.0,
     ) -> Limits:
         return cls(
