@@ -25,7 +25,7 @@ from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
 from photon.wire import INSECURE_IDENTITY_KEY
 from tests.harness import wait_for
-from tests.test_auth import RecordingHandler
+from tests.test_auth import METHODS, RecordingHandler, _call, _serve
 
 
 def _limits(**kw: float) -> Limits:
@@ -231,3 +231,21 @@ def test_a_cancelled_download_gives_its_slots_back(tmp_path: Path) -> None:
             assert received == 32 << 20
     finally:
         server.stop(grace=None)
+
+
+def test_every_method_holds_a_call_slot_of_its_silo(tmp_path: Path) -> None:
+    limits = _limits(calls_per_silo=3)
+    s = _serve(tmp_path, FederationAuth(insecure=True, limits=limits), insecure=True)
+    for _ in range(3):  # silo "a" has every call slot taken (by long calls, say)
+        limits.calls.acquire("a")
+    as_a, as_b = ((INSECURE_IDENTITY_KEY, "a"),), ((INSECURE_IDENTITY_KEY, "b"),)
+    try:
+        with grpc.insecure_channel(s.target) as channel:
+            refused = {m.name: _call(channel, m, as_a) for m in METHODS}
+            others = {m.name: _call(channel, m, as_b) for m in METHODS}
+    finally:
+        s.server.stop(grace=None)
+    assert set(refused.values()) == {grpc.StatusCode.RESOURCE_EXHAUSTED}, refused
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED not in others.values(), others
+    assert all(silo == "b" for _, silo in s.handler.calls)
+    assert limits.calls.held("a") == 3 and limits.calls.held("b") == 0
