@@ -3,8 +3,10 @@
 Every method of `photon.v1.Federation` — including ones added later — passes through
 `FederationAuth` before its handler runs: it resolves the caller's identity (the verified client
 certificate's CN, or the `x-photon-silo` header when the server is insecure), refuses revoked
-certificates and names, and applies the per-silo request rate. Other services (grpc.health.v1)
-pass untouched. Handlers read the verified caller with `caller()`; the allowlist and "has this
+certificates and names, applies the per-silo request rate, and holds what the call occupies —
+its silo's call slot, and for a stream a transfer slot and the idle watchdog's eye — from the
+first moment of the call to its end (`aggregator.calls`). Other services (grpc.health.v1) pass
+untouched. Handlers read the verified caller with `caller()`; the allowlist and "has this
 silo joined" stay with membership, which decides them per method.
 """
 
@@ -18,7 +20,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from aggregator.limits import RequestRate
+from aggregator.calls import HeldCall, metered
+from aggregator.limits import Limits, RequestRate
 from photon.errors import NotAuthorized, ResourceExhausted
 from photon.logs import get_logger
 from photon.names import silo_name_problem
@@ -71,7 +74,8 @@ def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) 
 
 
 class FederationAuth(grpc.ServerInterceptor):
-    """Identity, revocation and request rate for every Federation method."""
+    """Identity, revocation, request rate and what a call may hold, for every Federation
+    method. `limits` (when given) supplies the rate unless `rate` is passed too."""
 
     def __init__(
         self,
@@ -79,10 +83,12 @@ class FederationAuth(grpc.ServerInterceptor):
         insecure: bool,
         revocations: RevocationList | None = None,
         rate: RequestRate | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.insecure = insecure
         self.revocations = revocations
-        self.rate = rate
+        self.rate = rate if rate is not None or limits is None else limits.rate
+        self.limits = limits
 
     def intercept_service(
         self,
@@ -93,7 +99,7 @@ class FederationAuth(grpc.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or not method.startswith(_PREFIX):
             return handler
-        return _wrap(handler, self.verify, method[len(_PREFIX) :])
+        return _wrap(handler, self, method[len(_PREFIX) :])
 
     def verify(self, context: grpc.ServicerContext, method: str) -> Caller:
         """The caller of this RPC, or abort with UNAUTHENTICATED, RESOURCE_EXHAUSTED or
@@ -128,17 +134,36 @@ class FederationAuth(grpc.ServerInterceptor):
             )
         return Caller(silo=silo, certificate=pem)
 
+    @contextmanager
+    def admitted(
+        self, context: grpc.ServicerContext, method: str, stream: bool
+    ) -> Iterator[tuple[Caller, HeldCall | None]]:
+        """The verified caller and what its call holds, given back when the block ends."""
+        who = self.verify(context, method)
+        if self.limits is None:
+            yield who, None
+            return
+        try:
+            held = HeldCall(self.limits, who.silo, stream=stream, cancel=context.cancel)
+        except ResourceExhausted as exc:
+            log.warning("rpc_refused", method=method, code="RESOURCE_EXHAUSTED", silo=who.silo)
+            _refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        try:
+            yield who, held
+        finally:
+            held.close()
+
     def _revoked(self, silo: str, pem: bytes | None) -> bool:
         if self.revocations is None or pem is None:
             return False
         return self.revocations.is_revoked(pem) or self.revocations.is_revoked(silo)
 
 
-Verify = Callable[[grpc.ServicerContext, str], Caller]
-
-
-def _wrap(handler: grpc.RpcMethodHandler, verify: Verify, method: str) -> grpc.RpcMethodHandler:
-    """The same handler, its behaviour run as the verified caller."""
+def _wrap(
+    handler: grpc.RpcMethodHandler, auth: FederationAuth, method: str
+) -> grpc.RpcMethodHandler:
+    """The same handler, its behaviour run as the verified caller, holding its slots."""
+    streams_in = bool(handler.request_streaming)
     kinds = (
         (handler.unary_unary, grpc.unary_unary_rpc_method_handler, _unary),
         (handler.unary_stream, grpc.unary_stream_rpc_method_handler, _streaming),
@@ -148,45 +173,59 @@ def _wrap(handler: grpc.RpcMethodHandler, verify: Verify, method: str) -> grpc.R
     for behaviour, build, guard in kinds:
         if behaviour is not None:
             return build(
-                guard(behaviour, verify, method),
+                guard(behaviour, auth, method, streams_in),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
     raise AssertionError(f"{method}: a method handler without a behaviour")
 
 
-def _unary(behaviour: Callable[[Any, Any], T], verify: Verify, method: str) -> Callable[..., T]:
-    """For handlers that return one reply (their request may be a stream)."""
+def _unary(
+    behaviour: Callable[[Any, Any], T], auth: FederationAuth, method: str, streams_in: bool
+) -> Callable[..., T]:
+    """For handlers that return one reply (their request may be a stream, metered: the
+    watchdog stops watching once the client has sent its last message)."""
 
     def guarded(request: Any, context: grpc.ServicerContext) -> T:
-        with _as_caller(verify(context, method)):
-            return behaviour(request, context)
+        with auth.admitted(context, method, stream=streams_in) as (who, held):
+            if streams_in and held is not None:
+                request = metered(request, held, quiet_at_end=True)
+            with _as_caller(who):
+                return behaviour(request, context)
 
     return guarded
 
 
 def _streaming(
-    behaviour: Callable[[Any, Any], Iterator[T]], verify: Verify, method: str
+    behaviour: Callable[[Any, Any], Iterator[T]],
+    auth: FederationAuth,
+    method: str,
+    streams_in: bool,
 ) -> Callable[..., Iterator[T]]:
     """For handlers that return a stream: grpc pulls each reply after the behaviour returned,
-    so each pull runs as the caller, and nothing leaks into the thread between pulls."""
+    so each pull runs as the caller, and nothing leaks into the thread between pulls. The
+    call's slots are held until the last reply, or until grpc drops a stream cut short."""
 
     def guarded(request: Any, context: grpc.ServicerContext) -> Iterator[T]:
-        who = verify(context, method)
-        with _as_caller(who):
-            replies = iter(behaviour(request, context))
-        try:
-            while True:
-                with _as_caller(who):
-                    reply = next(replies, _END)
-                if reply is _END:
-                    return
-                yield reply
-        finally:  # a stream cut short: the behaviour's own cleanup runs as the caller too
-            close = getattr(replies, "close", None)
-            if close is not None:
-                with _as_caller(who):
-                    close()
+        with auth.admitted(context, method, stream=True) as (who, held):
+            if streams_in and held is not None:
+                request = metered(request, held, quiet_at_end=False)
+            with _as_caller(who):
+                replies = iter(behaviour(request, context))
+            if held is not None:
+                replies = metered(replies, held, quiet_at_end=True)
+            try:
+                while True:
+                    with _as_caller(who):
+                        reply = next(replies, _END)
+                    if reply is _END:
+                        return
+                    yield reply
+            finally:  # a stream cut short: the behaviour's own cleanup runs as the caller too
+                close = getattr(replies, "close", None)
+                if close is not None:
+                    with _as_caller(who):
+                        close()
 
     return guarded
 

@@ -21,6 +21,9 @@ from photon.errors import ConfigError
 from photon.federation import FederationSpec
 from photon.wire import DEFAULT_CHUNK_BYTES, check_chunk_bytes
 
+_UNARY_WORKERS = 4
+"""Workers that streams and long-polls can never take: short calls always find one."""
+
 
 @dataclass(kw_only=True, slots=True)
 class ServerConfig:
@@ -40,8 +43,9 @@ class ServerConfig:
     port_file: Path | None = None
     #: Transfer chunk size in bytes.
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    #: Worker threads serving RPCs.
-    max_workers: int = 32
+    #: Worker threads serving RPCs. Must exceed max_transfers_total + rounds.max_long_polls
+    #: by at least 4, so that short (unary) calls always find a free worker.
+    max_workers: int = 128
     #: Checkpoints to keep on disk (older ones are pruned); 0 keeps all.
     keep_checkpoints: int = 0
     #: Refuse updates whose digest is not signed with the sending silo's certificate key.
@@ -54,6 +58,17 @@ class ServerConfig:
     max_requests_per_s: float = 20.0
     #: Cancel a stream that moves no bytes for this many seconds (slow-loris defence).
     stream_idle_timeout_s: float = 120.0
+    #: Cancel a stream that averages fewer bytes per second over a window of
+    #: stream_idle_timeout_s (a trickle); a silo's max_upload_rate must exceed it. 0 disables.
+    min_stream_bytes_per_s: float = 1024.0
+    #: Concurrent RPCs of any method per silo, streams included (each holds a worker thread);
+    #: must be >= max_transfers_per_silo + 2.
+    max_concurrent_per_silo: int = 4
+    #: Unfinished uploads (distinct transfer ids) a silo may have open at once.
+    max_open_uploads_per_silo: int = 4
+    #: Spool bytes (declared sizes) a silo's unfinished uploads may claim; 0 means twice the
+    #: largest update the model allows.
+    max_spool_bytes_per_silo: int = 0
     #: host:port of the Prometheus /metrics endpoint ("" disables it).
     metrics_listen: str = ""
     #: Reject an update whose L2 norm exceeds this multiple of the median of recently
@@ -89,6 +104,7 @@ class ServerConfig:
             raise ConfigError("server.max_transfers_per_silo and max_transfers_total must be >= 1")
         if self.stream_idle_timeout_s <= 0 or self.max_norm_ratio < 0:
             raise ConfigError("server.stream_idle_timeout_s must be > 0, max_norm_ratio >= 0")
+        self._check_quotas()
         check_chunk_bytes(self.chunk_bytes, "server.chunk_bytes")
         if self.handshake_timeout_s <= 0 or self.max_connections < 1:
             raise ConfigError(
@@ -98,6 +114,20 @@ class ServerConfig:
         if not self.update_norm_bound >= 0 or self.max_silo_processes < 1:
             raise ConfigError(
                 "server.update_norm_bound must be >= 0 (try 10) and max_silo_processes >= 1"
+            )
+
+    def _check_quotas(self) -> None:
+        if self.max_concurrent_per_silo < self.max_transfers_per_silo + 2:
+            raise ConfigError(
+                f"server.max_concurrent_per_silo = {self.max_concurrent_per_silo} must be >= "
+                "server.max_transfers_per_silo + 2, so that a silo at its transfer limit can "
+                "still send a heartbeat and ask for a task"
+            )
+        if self.max_open_uploads_per_silo < 1:
+            raise ConfigError("server.max_open_uploads_per_silo must be >= 1")
+        if self.min_stream_bytes_per_s < 0 or self.max_spool_bytes_per_silo < 0:
+            raise ConfigError(
+                "server.min_stream_bytes_per_s and server.max_spool_bytes_per_silo must be >= 0"
             )
 
 
@@ -117,6 +147,9 @@ class RoundsConfig:
     heartbeat_timeout_s: float = 30.0
     #: Longest a GetTask long-poll waits before answering WAIT.
     long_poll_s: float = 10.0
+    #: GetTask calls that may wait (each parks a worker thread) at once, at most one per
+    #: silo; others answer WAIT at once with a retry_after.
+    max_long_polls: int = 32
 
     def __post_init__(self) -> None:
         if self.min_silos < 1:
@@ -128,6 +161,8 @@ class RoundsConfig:
         for name in ("deadline_s", "heartbeat_timeout_s", "long_poll_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"rounds.{name} must be > 0")
+        if self.max_long_polls < 1:
+            raise ConfigError("rounds.max_long_polls must be >= 1")
 
 
 @dataclass(kw_only=True, slots=True)
@@ -154,6 +189,15 @@ class AggregatorConfig:
             raise ConfigError(
                 "rounds.silos_per_round is smaller than rounds.min_silos; "
                 "raise silos_per_round or lower min_silos"
+            )
+        srv, spare = self.server, _UNARY_WORKERS
+        if srv.max_workers - srv.max_transfers_total - self.rounds.max_long_polls < spare:
+            raise ConfigError(
+                f"server.max_workers = {srv.max_workers} must be at least "
+                f"server.max_transfers_total ({srv.max_transfers_total}) + "
+                f"rounds.max_long_polls ({self.rounds.max_long_polls}) + {spare}: streams and "
+                "long-polls must leave workers for short calls; raise max_workers or lower "
+                "the others"
             )
 
 

@@ -22,6 +22,7 @@ from aggregator.audit import AUDIT_HEAD, AuditLog
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision, UploadState
+from aggregator.limits import upload_quota
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadRegistry, UploadSession
@@ -65,7 +66,9 @@ class RoundEngine:
         self._open: _OpenRound | None = None
         self._aggregating = False
         self.members = Membership(store, clock, cfg.server)
-        self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
+        self.uploads = UploadRegistry(
+            Path(cfg.server.state_dir) / "spool", upload_quota(cfg.server, model.max_update_bytes)
+        )
         self.audit = AuditLog(
             Path(cfg.server.state_dir) / "audit.jsonl",
             anchor=lambda head: store.set_meta(AUDIT_HEAD, head),

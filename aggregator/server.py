@@ -77,13 +77,7 @@ class AggregatorDaemon:
         )
         self.evaluator = self._make_evaluator()
         self.engine = RoundEngine(cfg, self.store, self.model, evaluate=self._evaluate)
-        srv = cfg.server
-        self.limits = Limits.from_config(
-            per_silo=srv.max_transfers_per_silo,
-            total=srv.max_transfers_total,
-            requests_per_s=srv.max_requests_per_s,
-            idle_s=srv.stream_idle_timeout_s,
-        )
+        self.limits = Limits.for_aggregator(cfg)
         self.metrics = AggregatorMetrics(self.engine, self.store, self._last_eval)
         self.metrics_server: Any = None
         self.health = health.HealthServicer()
@@ -151,7 +145,7 @@ class AggregatorDaemon:
         """The gRPC server: the Federation service behind its auth interceptor, and health."""
         srv = self.cfg.server
         auth = FederationAuth(
-            insecure=srv.insecure, revocations=self._revocations(), rate=self.limits.rate
+            insecure=srv.insecure, revocations=self._revocations(), limits=self.limits
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.max_workers),

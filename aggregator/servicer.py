@@ -130,7 +130,8 @@ class FederationServicer(pb_grpc.FederationServicer):
         silo = caller().silo
         remaining = context.time_remaining()
         wait = self.long_poll_s if remaining is None else min(self.long_poll_s, remaining - 1)
-        d = self.handler.get_task(silo, wait)
+        with self._long_poll(silo) as may_park:  # without a slot: answer now, park no thread
+            d = self.handler.get_task(silo, wait if may_park else 0.0)
         kind = {
             "train": pb.Task.TRAIN,
             "eval": pb.Task.EVAL,
@@ -174,7 +175,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
         )
         sent = 0
-        with self._transfer(silo, "down", context) as progress:
+        with self._timed("down"):
             try:
                 for c in iter_file_chunks(
                     pub.path, start=request.offset, chunk_size=self.chunk_bytes
@@ -183,7 +184,6 @@ class FederationServicer(pb_grpc.FederationServicer):
                         chunk=pb.Chunk(offset=c.offset, data=bytes(c.data), crc32=c.crc32)
                     )
                     sent += len(c.data)
-                    progress()
             finally:
                 self.handler.record_traffic(pub.version, silo, "down", sent)
 
@@ -199,7 +199,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         session = self.handler.begin_upload(silo, update, offset)
         generation = session.claim()
         received = 0
-        with self._transfer(silo, "up", context) as progress:
+        with self._timed("up"):
             try:
                 for msg in request_iterator:
                     if msg.WhichOneof("body") != "chunk":
@@ -208,10 +208,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                     data = c.data  # each read of a bytes field copies it: read once
                     session.write(generation, c.offset, data, c.crc32)
                     received += len(data)
-                    progress()
                     crash_point("aggregator.upload_chunk")
             finally:
-                session.sync()
+                session.release()  # synced and closed: an abandoned transfer holds no descriptor
                 self.handler.record_traffic(update.round, silo, "up", received)
         if session.committed < update.size:
             return pb.UploadReply(
@@ -223,27 +222,24 @@ class FederationServicer(pb_grpc.FederationServicer):
         return pb.UploadReply(status=pb.UploadReply.ACCEPTED, committed_offset=update.size)
 
     @contextmanager
-    def _transfer(
-        self, silo: str, direction: str, context: grpc.ServicerContext
-    ) -> Iterator[Callable[[], None]]:
-        """Hold a transfer slot and watch the stream for idleness while it runs."""
+    def _timed(self, direction: str) -> Iterator[None]:
+        """Observe how long a transfer ran. Its slots and the idle watchdog are held by the
+        auth interceptor for the whole call (`aggregator.calls`)."""
         started = time.monotonic()
         try:
-            if self.limits is None:
-                yield lambda: None
-                return
-            limits = self.limits
-            with limits.slots.hold(silo):
-                token = limits.watchdog.watch(silo, context.cancel)
-                try:
-                    yield lambda: limits.watchdog.progress(token)
-                finally:
-                    limits.watchdog.release(token)
-        except errors.ResourceExhausted as exc:
-            _abort(context, exc, "transfer")
+            yield
         finally:
             if self.metrics is not None:
                 self.metrics.transfer_seconds.labels(direction).observe(time.monotonic() - started)
+
+    @contextmanager
+    def _long_poll(self, silo: str) -> Iterator[bool]:
+        """Whether this GetTask may park its thread: a bounded pool, one per silo."""
+        if self.limits is None:
+            yield True
+            return
+        with self.limits.long_polls.try_hold(silo) as may_park:
+            yield may_park
 
     @translated
     def UploadStatus(

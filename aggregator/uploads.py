@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from aggregator.limits import UploadQuota
 from bandwidth.chunking import PartialFile, sha256_file
 from photon.errors import ChunkIntegrityError, NotAuthorized, ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
@@ -56,6 +57,7 @@ class UploadSession:
         )
         self._lock = threading.Lock()
         self._generation = 0
+        self._streams = 0  # streams between claim() and release(); the file is open while > 0
 
     @contextmanager
     def _consistent(self, *errors: type[BaseException]) -> Iterator[None]:
@@ -82,10 +84,40 @@ class UploadSession:
             )
 
     def claim(self) -> int:
-        """Start a new stream on this session; older streams are superseded."""
+        """Start a new stream on this session (reopening its file); older streams are
+        superseded. Pair with `release()`."""
         with self._lock:
+            p = self.partial
+            if self._streams == 0 and p is not None and p.closed and p.path.exists():
+                self.partial = self._reopen()  # finalized or deleted partials stay as they are
             self._generation += 1
+            self._streams += 1
             return self._generation
+
+    def _reopen(self) -> PartialFile:
+        update = self.update
+        return PartialFile(
+            self.final, size=update.size, digest=update.digest, transfer_id=update.transfer_id
+        )
+
+    def release(self) -> None:
+        """A stream ended: sync, and close the file when no stream is left, so an abandoned
+        transfer holds no descriptor (the `.partial` stays for a resume)."""
+        with self._lock:
+            self._streams = max(0, self._streams - 1)
+            if self.partial is None:
+                return
+            with self._consistent(OSError):
+                if self._streams == 0:
+                    self.partial.close()
+                else:
+                    self.partial.sync()
+
+    def close_if_idle(self) -> None:
+        """Close the file unless a stream holds it (a header was refused before any stream)."""
+        with self._lock:
+            if self._streams == 0 and self.partial is not None:
+                self.partial.close()
 
     @property
     def committed(self) -> int:
@@ -128,8 +160,9 @@ class UploadSession:
 class UploadRegistry:
     """The spool directory and the sessions currently known in memory."""
 
-    def __init__(self, spool: Path) -> None:
+    def __init__(self, spool: Path, quota: UploadQuota | None = None) -> None:
         self.spool = spool
+        self.quota = quota
         self.spool.mkdir(parents=True, exist_ok=True)
         self._sessions: dict[tuple[str, str], UploadSession] = {}
         self._lock = threading.Lock()
@@ -158,11 +191,13 @@ class UploadRegistry:
                     transfer_id=update.transfer_id,
                 )
             if session is None:
+                self._admit(silo, update)
                 final = self.path_for(silo, update.round, update.transfer_id)
                 final.parent.mkdir(parents=True, exist_ok=True)
                 session = UploadSession(silo, update, final)
                 self._sessions[key] = session
         if offset != session.committed:
+            session.close_if_idle()
             raise ResumeMismatch(
                 f"stream starts at offset {offset} but {session.committed} bytes are "
                 "committed; ask UploadStatus and resume from there",
@@ -170,6 +205,12 @@ class UploadRegistry:
                 offset=session.committed,
             )
         return session
+
+    def _admit(self, silo: str, update: UpdateRecord) -> None:
+        """The silo's upload quota, before a new transfer opens a file (lock held)."""
+        if self.quota is not None:
+            mine = [s.update.size for (who, _), s in self._sessions.items() if who == silo]
+            self.quota.admit(silo, update.transfer_id, update.size, mine)
 
     def committed(self, silo: str, transfer_id: str) -> tuple[int, bool]:
         """(committed bytes, complete) of a transfer, from memory or from the spool."""

@@ -283,6 +283,11 @@ class PartialFile:
     def received(self) -> int:
         return self._verify.received
 
+    @property
+    def closed(self) -> bool:
+        """Whether the file descriptor is closed (by `close()` or `finalize()`)."""
+        return bool(self._fh.closed)
+
     def write_chunk(self, offset: int, data: Buffer, crc32: int) -> bool:
         """Append a verified chunk; False for a harmless re-send of bytes already held.
 

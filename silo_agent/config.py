@@ -60,9 +60,10 @@ class TransferSection:
 
     #: Chunk size in bytes for uploads.
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    #: Upload cap, e.g. "50MB/s", "100mbit" or "unlimited".
+    #: Upload cap, e.g. "50MB/s", "100mbit" or "unlimited". Keep it well above the
+    #: aggregator's server.min_stream_bytes_per_s (1 KiB/s by default): slower streams are cut.
     max_upload_rate: str = "unlimited"
-    #: Download cap, same syntax.
+    #: Download cap, same syntax (and the same floor).
     max_download_rate: str = "unlimited"
     #: Per-RPC deadline for unary calls, seconds.
     rpc_timeout_s: float = 30.0

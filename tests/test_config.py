@@ -192,3 +192,41 @@ def test_aggregator_refuses_a_state_dir_of_another_spec_and_names_the_key(tmp_pa
     daemon = AggregatorDaemon(load_aggregator_config(toml))
     assert daemon.store.get_meta("federation_digest") == daemon.cfg.federation.digest()
     daemon.store.close()
+
+
+@pytest.mark.parametrize(
+    ("server", "rounds", "message"),
+    [
+        (
+            "max_workers = 64",
+            "",
+            "server.max_workers = 64 must be at least server.max_transfers_total (64) + "
+            "rounds.max_long_polls (32) + 4",
+        ),
+        (
+            "max_workers = 20\nmax_transfers_total = 8",
+            "max_long_polls = 9",
+            "server.max_workers = 20 must be at least server.max_transfers_total (8) + "
+            "rounds.max_long_polls (9) + 4",
+        ),
+        (
+            "max_concurrent_per_silo = 3",
+            "",
+            "server.max_concurrent_per_silo = 3 must be >= server.max_transfers_per_silo + 2",
+        ),
+        ("max_open_uploads_per_silo = 0", "", "server.max_open_uploads_per_silo must be >= 1"),
+        ("min_stream_bytes_per_s = -1", "", "server.min_stream_bytes_per_s and"),
+        ("", "max_long_polls = 0", "rounds.max_long_polls must be >= 1"),
+    ],
+)
+def test_worker_pool_must_leave_room_for_short_calls(
+    tmp_path: Path, server: str, rounds: str, message: str
+) -> None:
+    text = GOOD_AGG.replace("[server]", f"[server]\n{server}").replace(
+        "[rounds]", f"[rounds]\n{rounds}"
+    )
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_aggregator_config(write(tmp_path, text), environ={})
+    fine = GOOD_AGG.replace("[server]", "[server]\nmax_workers = 20\nmax_transfers_total = 8")
+    fine = fine.replace("[rounds]", "[rounds]\nmax_long_polls = 8")
+    assert load_aggregator_config(write(tmp_path, fine), environ={}).server.max_workers == 20

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from aggregator.auth import FederationAuth
-from aggregator.config import ServerConfig
+from aggregator.config import RoundsConfig, ServerConfig
 from aggregator.globalmodel import Published
 from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.limits import Limits
@@ -129,11 +129,14 @@ def serve(
         total=defaults.max_transfers_total,
         requests_per_s=defaults.max_requests_per_s,
         idle_s=defaults.stream_idle_timeout_s,
+        calls_per_silo=defaults.max_concurrent_per_silo,
+        long_polls=RoundsConfig().max_long_polls,
+        min_bytes_per_s=defaults.min_stream_bytes_per_s,
     )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=16),
         options=grpc_options(chunk_bytes),
-        interceptors=[FederationAuth(insecure=False, rate=limits.rate)],
+        interceptors=[FederationAuth(insecure=False, limits=limits)],
     )
     servicer = FederationServicer(
         StandInHandler(state_dir, download),

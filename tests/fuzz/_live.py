@@ -137,10 +137,13 @@ def _invalid_payloads(params: dict[str, torch.Tensor]) -> dict[str, bytes]:
 @contextmanager
 def live_aggregator(root: Path) -> Iterator[Live]:
     """A federation of one silo under `root`, its aggregator serving until the block ends."""
-    # No request-rate limit: the fuzzers send hundreds of requests a second, and a refusal for
-    # rate would hide what the request itself does (tests/test_limits.py covers the limit).
+    # No request-rate limit and no upload quota: the fuzzers send hundreds of requests a
+    # second and abandon hundreds of transfers, and a refusal for rate or quota would hide what
+    # the request itself does (tests/test_limits.py and test_starvation*.py cover the limits).
     fed = make_federation(root, silos=1, rounds=2)
-    fed.aggregator.server.max_requests_per_s = 0.0
+    srv = fed.aggregator.server
+    srv.max_requests_per_s = 0.0
+    srv.max_open_uploads_per_silo, srv.max_spool_bytes_per_silo = 1_000_000, 10**12
     fed.write_configs()
     daemon = AggregatorDaemon(load_aggregator_config(root / "aggregator.toml"))
     daemon.start()
