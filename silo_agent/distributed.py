@@ -223,7 +223,7 @@ class DistributedTrainer(Trainer):
         mine = directory / f"rank{self.group.rank}"
         if (directory / SHARDED_OPTIMIZER).exists():
             raise DataError(
-                f"the trainer state in {directory} was saved with parallelism = \"fsdp\"; set "
+                f'the trainer state in {directory} was saved with parallelism = "fsdp"; set '
                 "it back in [silo], or start the silo from a fresh state_dir"
             )
         if not (mine / "trainer.json").exists():

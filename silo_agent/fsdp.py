@@ -158,7 +158,7 @@ class ShardedTrainer(Trainer):
         mine = directory / f"rank{self.group.rank}"
         if not (directory / SHARDED_OPTIMIZER).exists():
             raise DataError(
-                f"the trainer state in {directory} was not saved with parallelism = \"fsdp\"; "
+                f'the trainer state in {directory} was not saved with parallelism = "fsdp"; '
                 'set parallelism = "ddp" in [silo] again, or start from a fresh state_dir'
             )
         if not (mine / CURSOR_FILE).exists():
