@@ -246,10 +246,13 @@ def test_two_ranks_train_like_one_process_on_their_joined_batches(
 
 
 # -- a real federation with one silo under torchrun ---------------------------------------------
-def start_torchrun_silo(fed: Federation, name: str, nproc: int) -> subprocess.Popen[bytes]:
-    """`python -m torch.distributed.run --standalone --nproc_per_node N -m photon silo run`."""
+def start_torchrun_silo(
+    fed: Federation, name: str, nproc: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m photon silo run`,
+    with `env` added to this job's environment."""
     log = (fed.root / f"{name}.log").open("ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     args = ["silo", "run", "--config", str(fed.root / f"{name}.toml"), "--log-format", "json"]
     proc = subprocess.Popen(
