@@ -96,7 +96,8 @@ def shard_model(
 def load_full(model: LlamaModel, params: Mapping[str, torch.Tensor] | None) -> None:
     """Set the sharded `model` to rank 0's full `params` (None on the other ranks): broadcast
     one tensor at a time, each rank keeping its shard. Every rank must call it."""
-    full = dict(params) if params is not None else {}  # the helper edits the dict it is given
+    # a new dict: the helper edits the dict it is given
+    full: dict[str, Any] = dict(params) if params is not None else {}
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
     set_model_state_dict(model, full, options=options)
 

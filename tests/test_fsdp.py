@@ -243,7 +243,6 @@ def test_a_torchrun_silo_trains_with_fsdp(fault_free: Federation) -> None:
     assert started == 2
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "crash_at", ["silo.train_step@5", "silo.follower_step@5"], ids=["rank0", "rank1"]
 )
