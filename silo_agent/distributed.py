@@ -9,7 +9,9 @@ Each round rank 0 shares the task (an object it built itself: nothing received f
 is ever pickled, the spec travels as its JSON text) and broadcasts the global parameters as
 tensors; every rank trains the same model under DistributedDataParallel on its own windows of
 the data (each epoch's permutation dealt out by rank); rank 0 encodes and uploads the delta and
-reports the tokens of all ranks.
+reports the tokens of all ranks. With `[silo] parallelism = "fsdp"` the ranks train one
+FSDP2-sharded model instead of DDP copies (`silo_agent/fsdp.py`, a `TrainingFactory` chosen in
+`silo_agent/launch.py`); everything else here is the same.
 
 Durable state: every rank saves its trainer state (AdamW moments, data cursor, RNG) into
 `trainer/r<R>/rank<k>/`, then a barrier, then rank 0 commits `state.json`, so a committed round
