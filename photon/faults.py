@@ -10,7 +10,8 @@ time after: resource exhaustion on cue, for the tests of what a daemon does when
 
 Crash points: `aggregator.upload_chunk`, `aggregator.update_recorded`, `aggregator.aggregated`,
 `fsutil.before_rename:<file name>`, `silo.train_step`, `silo.round_committed`,
-`silo.upload_chunk`. Fault points: `aggregator.tick` (each pass of the round driver).
+`silo.upload_chunk`, `silo.follower_step` (ranks 1..N-1 of a torchrun silo, each step).
+Fault points: `aggregator.tick` (each pass of the round driver).
 """
 
 from __future__ import annotations

@@ -183,6 +183,12 @@ class _Body(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
 
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """The rotary embedding's inverse frequencies (a buffer the state dict does not hold)."""
+    steps = torch.arange(0, cfg.head_dim, 2, dtype=torch.float32)
+    return 1.0 / (cfg.rope_theta ** (steps / cfg.head_dim))
+
+
 class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -191,10 +197,7 @@ class LlamaModel(nn.Module):
         self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
-        inv_freq = 1.0 / (
-            cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim)
-        )
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def _rope(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         pos = torch.arange(t, device=device, dtype=torch.float32)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from photon.configload import apply_env_overrides, from_mapping, read_toml
 from photon.errors import ConfigError
@@ -39,6 +39,14 @@ class SiloSection:
     device: str = "auto"
     #: host:port of the Prometheus /metrics endpoint ("" disables it).
     metrics_listen: str = ""
+    #: How the processes of a silo under torchrun share its training: "ddp" (every process
+    #: holds the whole model; gradients averaged) or "fsdp" (FSDP2: parameters, gradients and
+    #: optimizer moments sharded over the processes, for a model that outgrows one GPU).
+    #: One process (no torchrun) trains the whole model either way.
+    parallelism: Literal["ddp", "fsdp"] = "ddp"
+    #: Recompute each transformer block's activations during the backward pass instead of
+    #: keeping them (less GPU memory, about a third more compute); needs parallelism = "fsdp".
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if ":" not in self.aggregator:
@@ -52,6 +60,11 @@ class SiloSection:
             raise ConfigError("silo.device must be one of auto, cpu, cuda")
         if self.threads < 0:
             raise ConfigError("silo.threads must be >= 0")
+        if self.activation_checkpointing and self.parallelism != "fsdp":
+            raise ConfigError(
+                'silo.activation_checkpointing = true needs silo.parallelism = "fsdp" '
+                "(under torchrun); set both, or turn activation_checkpointing off"
+            )
 
 
 @dataclass(kw_only=True, slots=True)

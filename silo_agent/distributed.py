@@ -9,7 +9,9 @@ Each round rank 0 shares the task (an object it built itself: nothing received f
 is ever pickled, the spec travels as its JSON text) and broadcasts the global parameters as
 tensors; every rank trains the same model under DistributedDataParallel on its own windows of
 the data (each epoch's permutation dealt out by rank); rank 0 encodes and uploads the delta and
-reports the tokens of all ranks.
+reports the tokens of all ranks. With `[silo] parallelism = "fsdp"` the ranks train one
+FSDP2-sharded model instead of DDP copies (`silo_agent/fsdp.py`, a `TrainingFactory` chosen in
+`silo_agent/launch.py`); everything else here is the same.
 
 Durable state: every rank saves its trainer state (AdamW moments, data cursor, RNG) into
 `trainer/r<R>/rank<k>/`, then a barrier, then rank 0 commits `state.json`, so a committed round
@@ -27,7 +29,7 @@ import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import structlog
@@ -38,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from photon.data import TokenLoader, TokenShards
 from photon.errors import ConfigError, DataError
+from photon.faults import crash_point
 from photon.federation import FederationSpec
 from photon.logs import get_logger
 from photon.model import LlamaModel, ModelConfig, build_model
@@ -53,6 +56,8 @@ log = get_logger("silo_agent.distributed")
 #: downloads, evaluates, uploads or waits for the other silos, which can take hours on a WAN;
 #: a rank that dies is noticed by torchrun (which stops the job), not by this timeout.
 COLLECTIVE_TIMEOUT = timedelta(days=7)
+#: The folder of a committed trainer state that holds FSDP's sharded optimizer state (DCP).
+SHARDED_OPTIMIZER = "optimizer"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,6 +163,26 @@ class RankLoader(TokenLoader):
         super().load_state_dict(state)
 
 
+def group_stats(group: RankGroup, local: TrainStats) -> TrainStats:
+    """This rank's stats with the tokens of every rank and the mean of their losses."""
+    tokens, losses = group.sum([local.tokens, local.mean_loss])
+    return dataclasses.replace(
+        local,
+        tokens=int(tokens),
+        mean_loss=losses / group.world_size,
+        tokens_per_s=tokens / local.seconds if local.seconds else 0.0,
+    )
+
+
+def rank_dir(group: RankGroup, directory: Path | None) -> Path:
+    """This rank's folder `<rank 0's directory>/rank<k>`, created (rank 0 names the folder:
+    the followers pass None)."""
+    shared = Path(group.share(None if directory is None else str(directory)))
+    mine = shared / f"rank{group.rank}"
+    mine.mkdir(exist_ok=True)
+    return mine
+
+
 class _Loss(nn.Module):
     """The model's loss as a module's forward, so DistributedDataParallel can wrap it."""
 
@@ -189,25 +214,20 @@ class DistributedTrainer(Trainer):
     def train(
         self, steps: int, global_step: int, on_step: Callable[[int, float], None] | None = None
     ) -> TrainStats:
-        local = super().train(steps, global_step, on_step)
-        tokens, losses = self.group.sum([local.tokens, local.mean_loss])
-        return dataclasses.replace(
-            local,
-            tokens=int(tokens),
-            mean_loss=losses / self.group.world_size,
-            tokens_per_s=tokens / local.seconds if local.seconds else 0.0,
-        )
+        return group_stats(self.group, super().train(steps, global_step, on_step))
 
     def save_state(self, directory: Path | None = None) -> None:
         """Every rank saves into `<rank 0's directory>/rank<k>`; returns when all have."""
-        shared = Path(self.group.share(None if directory is None else str(directory)))
-        mine = shared / f"rank{self.group.rank}"
-        mine.mkdir(exist_ok=True)
-        super().save_state(mine)
+        super().save_state(rank_dir(self.group, directory))
         self.group.barrier()
 
     def load_state(self, directory: Path) -> None:
         mine = directory / f"rank{self.group.rank}"
+        if (directory / SHARDED_OPTIMIZER).exists():
+            raise DataError(
+                f'the trainer state in {directory} was saved with parallelism = "fsdp"; set '
+                "it back in [silo], or start the silo from a fresh state_dir"
+            )
         if not (mine / "trainer.json").exists():
             raise DataError(
                 f"no trainer state for rank {self.group.rank} in {directory}: the silo ran with "
@@ -234,8 +254,13 @@ class RankTraining:
         # built once: a second wrapper over the same parameters would add a second reducer
         self.ddp = DistributedDataParallel(_Loss(model), device_ids=ids)
 
-    def trainer(self, restore: Path | None) -> DistributedTrainer:
-        """A round's trainer (parameters synchronised from rank 0), restored from `restore`."""
+    def trainer(
+        self, restore: Path | None, params: Mapping[str, torch.Tensor] | None = None
+    ) -> DistributedTrainer:
+        """A round's trainer (parameters synchronised from rank 0, which sets them to `params`),
+        restored from `restore`."""
+        if params is not None:
+            self.model.load_state_dict(dict(params))
         loader = RankLoader(
             self.shards,
             rank=self.group.rank,
@@ -250,6 +275,47 @@ class RankTraining:
         if self.tcfg.reset_optimizer:
             trainer.begin_round()
         return trainer
+
+
+class RankTrainer(Protocol):
+    """A round's trainer on one rank (the agent's `RoundTrainer`, saving where rank 0 says)."""
+
+    def train(
+        self, steps: int, global_step: int, on_step: Callable[[int, float], None] | None = None
+    ) -> TrainStats: ...
+
+    def save_state(self, directory: Path | None = None) -> None: ...
+
+
+class RoundTraining(Protocol):
+    """What one rank keeps across rounds; gives each round's trainer."""
+
+    def trainer(
+        self, restore: Path | None, params: Mapping[str, torch.Tensor] | None = None
+    ) -> RankTrainer:
+        """The round's trainer: parameters `params` (rank 0's; None on the followers), the
+        trainer state restored from `restore`."""
+        ...
+
+
+#: Builds a rank's RoundTraining: (group, spec, settings, data, model), where `model` is the
+#: agent's model on rank 0 and None on the followers. `parallelism` picks it (silo_agent/launch.py).
+TrainingFactory = Callable[
+    [RankGroup, FederationSpec, TrainerConfig, TokenShards, LlamaModel | None], RoundTraining
+]
+
+
+def ddp_training(
+    group: RankGroup,
+    spec: FederationSpec,
+    tcfg: TrainerConfig,
+    shards: TokenShards,
+    model: LlamaModel | None,
+) -> RankTraining:
+    """`parallelism = "ddp"`: every rank trains a whole model (the agent's, on rank 0)."""
+    if model is None:
+        model = build_model(ModelConfig.from_dict(spec.model), seed=spec.seed)
+    return RankTraining(group, model, tcfg, shards, spec.seed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -267,21 +333,21 @@ class Command:
 class RankGroupBackend:
     """Rank 0's training backend: it leads the other ranks through every training round."""
 
-    def __init__(self, group: RankGroup) -> None:
-        self.group = group
+    def __init__(self, group: RankGroup, training: TrainingFactory = ddp_training) -> None:
+        self.group, self.make_training = group, training
 
     def start(
         self, spec: FederationSpec, model: LlamaModel, tcfg: TrainerConfig, shards: TokenShards
     ) -> None:
         """Tell the followers the federation, and set up this rank's part of the training."""
         self.group.share(spec.to_json())
-        self.training = RankTraining(self.group, model, tcfg, shards, spec.seed)
+        self.training = self.make_training(self.group, spec, tcfg, shards, model)
 
     def trainer(
         self, task: pb.Task, params: Mapping[str, torch.Tensor], restore: Path | None
-    ) -> DistributedTrainer:
+    ) -> RankTrainer:
         """Send every follower into the round, then build this rank's trainer (its parameters,
-        set to `params` here, are broadcast to the followers' models)."""
+        set to `params` here, reach the followers' models by broadcast)."""
         self.group.share(
             Command(
                 kind="train",
@@ -290,8 +356,7 @@ class RankGroupBackend:
                 restore=None if restore is None else str(restore),
             )
         )
-        self.training.model.load_state_dict(dict(params))
-        return self.training.trainer(restore)
+        return self.training.trainer(restore, params)
 
     def finish(self, code: int) -> None:
         """Tell the followers to exit with `code`; returns when every rank has got it."""
@@ -302,37 +367,46 @@ class RankGroupBackend:
 class Follower:
     """Ranks 1..N-1: train when rank 0 says so, save their own state, never touch the network."""
 
-    def __init__(self, cfg: SiloConfig, group: RankGroup) -> None:
-        self.cfg, self.group = cfg, group
+    def __init__(
+        self, cfg: SiloConfig, group: RankGroup, training: TrainingFactory = ddp_training
+    ) -> None:
+        self.cfg, self.group, self.make_training = cfg, group, training
 
     def run(self) -> int:
         spec = FederationSpec.from_json(self.group.share(None))
         shards = TokenShards(self.cfg.silo.data_dir)
         shards.check_tokenizer(spec.tokenizer_digest)
-        model = build_model(ModelConfig.from_dict(spec.model), seed=spec.seed)
-        training = RankTraining(
-            self.group, model, trainer_config(spec, self.cfg), shards, spec.seed
-        )
+        tcfg = trainer_config(spec, self.cfg)
+        training = self.make_training(self.group, spec, tcfg, shards, None)
         while True:
             cmd: Command = self.group.share(None)
             if cmd.kind == "exit":
                 self.group.barrier()
                 return cmd.code
             trainer = training.trainer(None if cmd.restore is None else Path(cmd.restore))
-            trainer.train(cmd.steps, cmd.global_step)
+            trainer.train(cmd.steps, cmd.global_step, on_step=_follower_step)
             trainer.save_state()
 
 
+def _follower_step(step: int, loss: float) -> None:
+    """A follower's crash point between its optimizer steps (the agent's is the heartbeat's)."""
+    crash_point("silo.follower_step")
+
+
 def run_distributed(
-    cfg: SiloConfig, stop: threading.Event, environ: Mapping[str, str] | None = None
+    cfg: SiloConfig,
+    stop: threading.Event,
+    environ: Mapping[str, str] | None = None,
+    training: TrainingFactory = ddp_training,
 ) -> int:
-    """Run this process's part of a multi-process silo (under torchrun)."""
+    """Run this process's part of a multi-process silo (under torchrun); `training` says how
+    the ranks share the training."""
     group = init_group(cfg.silo.device, os.environ if environ is None else environ)
     structlog.contextvars.bind_contextvars(rank=group.rank)
     log.info("rank_started", world_size=group.world_size, device=str(group.device))
     try:
         if group.rank == 0:
-            return SiloAgent(cfg, backend=RankGroupBackend(group), stop=stop).run()
-        return Follower(cfg, group).run()
+            return SiloAgent(cfg, backend=RankGroupBackend(group, training), stop=stop).run()
+        return Follower(cfg, group, training).run()
     finally:
         dist.destroy_process_group()

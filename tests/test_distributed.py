@@ -247,11 +247,14 @@ def test_two_ranks_train_like_one_process_on_their_joined_batches(
 
 
 # -- a real federation with one silo under torchrun ---------------------------------------------
-def start_torchrun_silo(fed: Launcher, name: str, nproc: int) -> subprocess.Popen[bytes]:
-    """`python -m torch.distributed.run --standalone --nproc_per_node N -m photon silo run`."""
+def start_torchrun_silo(
+    fed: Launcher, name: str, nproc: int, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m photon silo run`,
+    with `env` added to this job's environment."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     args = ["silo", "run", "--config", str(fed.config_path(name))]
-    return fed.spawn(name, args, python=[*torchrun, "--nproc_per_node", str(nproc)])
+    return fed.spawn(name, args, env=env, python=[*torchrun, "--nproc_per_node", str(nproc)])
 
 
 def silo_tokens(fed: Launcher) -> list[dict[str, int]]:
