@@ -12,11 +12,11 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
+from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.client import AggregatorClient
 from silo_agent.deadline import deadline_tight, log_train_task
 from silo_agent.heartbeat import Heartbeat
-from photon.update import UpdateRecord
 from silo_agent.metrics import SiloMetrics
 from silo_agent.transfers import PendingUpdate, UploadOutcome, upload
 

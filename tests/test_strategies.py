@@ -144,10 +144,13 @@ def test_accumulator_is_deterministic_and_guards_misuse() -> None:
 def weighted_average(deltas: list[tuple[float, dict[str, Tensor]]]) -> dict[str, Tensor]:
     """Reference Σ w_i Δ_i / Σ w_i, in float64, returned as fp32."""
     total = sum(w for w, _ in deltas)
-    return {
-        name: (sum(w * d[name].double() for w, d in deltas) / total).float()
-        for name in deltas[0][1]
-    }
+    out: dict[str, Tensor] = {}
+    for name in deltas[0][1]:
+        acc = torch.zeros(deltas[0][1][name].shape, dtype=torch.float64)
+        for w, d in deltas:
+            acc += w * d[name].double()
+        out[name] = (acc / total).float()
+    return out
 
 
 @settings(max_examples=50, deadline=None)
