@@ -1,43 +1,18 @@
 """The token-weighted average outer optimizers consume: one fp32 accumulator per tensor.
 
-    acc = Accumulator()
-    for silo in sorted(silos):                       # fixed order -> bit-identical results
-        for name, delta in silo.deltas():
-            acc.add(name, delta, weight=silo.tokens)
-    average = acc.pop(name)                          # divides once, frees the buffer
-
-`weighted_average` is the small float64 reference the tests compare against.
+acc = Accumulator()
+for silo in sorted(silos):                       # fixed order -> bit-identical results
+    for name, delta in silo.deltas():
+        acc.add(name, delta, weight=silo.tokens)
+average = acc.pop(name)                          # divides once, frees the buffer
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
-
-
-def weighted_average(
-    deltas: Sequence[tuple[float, Mapping[str, Tensor]]],
-) -> dict[str, Tensor]:
-    """Reference Σ w_i Δ_i / Σ w_i, computed in float64 and returned as fp32 (for tests)."""
-    if not deltas:
-        raise ValueError("weighted_average needs at least one delta")
-    names = set(deltas[0][1])
-    total = 0.0
-    for weight, delta in deltas:
-        _check_weight(weight)
-        if set(delta) != names:
-            raise ValueError(f"deltas name different tensors: {sorted(set(delta) ^ names)}")
-        total += weight
-    out: dict[str, Tensor] = {}
-    for name in sorted(names):
-        acc = torch.zeros(deltas[0][1][name].shape, dtype=torch.float64)
-        for weight, delta in deltas:
-            acc += weight * delta[name].double()
-        out[name] = (acc / total).float()
-    return out
 
 
 def _check_weight(weight: float) -> None:
@@ -92,10 +67,6 @@ class Accumulator:
     def names(self) -> list[str]:
         """Names seen, in first-added order."""
         return list(self._sums)
-
-    def total_weight(self, name: str) -> float:
-        """Σ w for `name`."""
-        return self._totals[name]
 
     def average(self, name: str) -> Tensor:
         """Σ w·Δ / Σ w for `name`; divides the buffer in place (once) and returns it."""

@@ -90,7 +90,9 @@ class RoundEngine:
         self.uploads.clean_closed_rounds(before=version)
 
     # -- membership -------------------------------------------------------------------------
-    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission:
+    def join(
+        self, silo: str, num_train_tokens: int, tokenizer_digest: str, agent_version: str = ""
+    ) -> Admission:
         self.members.authorize(silo)
         if not 0 <= num_train_tokens < MAX_COUNT:
             raise UpdateRejected("num_train_tokens must be in [0, 2**62)", silo=silo)
@@ -102,7 +104,7 @@ class RoundEngine:
                 silo=silo,
             )
         with self._cond:
-            self.members.join(silo, num_train_tokens)
+            self.members.join(silo, num_train_tokens, agent_version)
             self._cond.notify_all()
         interval = max(1.0, self.cfg.rounds.heartbeat_timeout_s / 4)
         return Admission(spec_json=self.spec.to_json(), heartbeat_interval_s=interval)

@@ -56,7 +56,11 @@ class UploadState:
 class FederationHandler(Protocol):
     """The federation behind the servicer. Raises `PhotonError`s; the servicer maps them."""
 
-    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission: ...
+    def join(
+        self, silo: str, num_train_tokens: int, tokenizer_digest: str, agent_version: str = ""
+    ) -> Admission:
+        """Admit `silo`; `agent_version` (the silo's photon version) is logged."""
+        ...
 
     def heartbeat(self, silo: str) -> int:
         """Record that `silo` is alive; returns the current global version."""

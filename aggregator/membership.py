@@ -38,12 +38,17 @@ class Membership:
         if allowlist and silo not in allowlist:
             raise NotAuthorized(f"silo {silo!r} is not in the aggregator's allowlist", silo=silo)
 
-    def join(self, silo: str, num_train_tokens: int) -> None:
+    def join(self, silo: str, num_train_tokens: int, agent_version: str = "") -> None:
         self.authorize(silo)
         self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
         self.state[silo] = "joining"  # a new Join revives a silo that had left
         self.touch(silo)
-        log.info("silo_joined", silo=silo, train_tokens=num_train_tokens)
+        log.info(
+            "silo_joined",
+            silo=silo,
+            train_tokens=num_train_tokens,
+            agent_version=agent_version or "unknown",
+        )
 
     def touch(self, silo: str) -> None:
         """A call from `silo`: it is alive (and must have joined)."""

@@ -80,6 +80,7 @@ class AggregatorDaemon:
         self.limits = Limits.for_aggregator(cfg)
         self.metrics = AggregatorMetrics(self.engine, self.store, self._last_eval)
         self.metrics_server: Any = None
+        self.metrics_port: int | None = None
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port = 0
@@ -195,6 +196,7 @@ class AggregatorDaemon:
             version=self.model.version,
             rounds=self.cfg.federation.rounds,
             tls=not srv.insecure,
+            metrics_port=self.metrics_port,
         )
         return self.port
 

@@ -103,7 +103,9 @@ class FederationServicer(pb_grpc.FederationServicer):
     @translated
     def Join(self, request: pb.JoinRequest, context: grpc.ServicerContext) -> pb.JoinReply:
         silo = caller().silo
-        admitted = self.handler.join(silo, request.num_train_tokens, request.tokenizer_digest)
+        admitted = self.handler.join(
+            silo, request.num_train_tokens, request.tokenizer_digest, request.agent_version
+        )
         return pb.JoinReply(
             silo_id=silo,
             federation_spec_json=admitted.spec_json,

@@ -3,13 +3,16 @@
 Sending side: `iter_file_chunks(path, start=offset)` yields `ChunkData` from a spool file,
 starting wherever the receiver says it has committed.
 
-Receiving side: a `PartialFile` (disk, `<final>.partial`, survives restarts) or a
-`ChunkAssembler` (memory, small objects). Both accept chunks only in order, verify each CRC,
-ignore exact re-sends of bytes they already hold, hash as they go, and on `finalize()` check
-the size and the SHA-256 digest of the whole object:
+Receiving side: a `PartialFile` (disk, `<final>.partial`, survives restarts). It accepts
+chunks only in order, verifies each CRC, ignores exact re-sends of bytes it already holds,
+hashes as it goes, and on `finalize()` checks the size and the SHA-256 digest of the object:
 
     with PartialFile(dest, size=n, digest=d, transfer_id=tid) as part:
-        receive_chunks(part, chunks)          # resumes at part.received after a restart
+        try:                                  # resumes at part.received after a restart
+            for c in chunks:
+                part.write_chunk(c.offset, c.data, c.crc32)
+        finally:
+            part.sync()
         path = part.finalize()
 """
 
@@ -19,11 +22,10 @@ import hashlib
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from photon.errors import ChunkIntegrityError, TransferError
 from photon.fsutil import fsync_dir
@@ -168,63 +170,6 @@ class _Verifier:
         actual = self.hash.hexdigest()
         if actual != self.digest:
             raise self._error(f"digest {actual} != declared {self.digest}", self.received)
-
-
-class ChunkSink(Protocol):
-    """What `receive_chunks` needs from a receiving side."""
-
-    @property
-    def received(self) -> int: ...
-
-    def write_chunk(self, offset: int, data: Buffer, crc32: int) -> bool: ...
-
-    def sync(self) -> None: ...
-
-
-def receive_chunks(sink: ChunkSink, chunks: Iterable[ChunkData]) -> int:
-    """Feed chunks in order into `sink`; sync it at the end, also when the stream breaks.
-
-    Returns how many chunks added new bytes.
-    """
-    added = 0
-    try:
-        for chunk in chunks:
-            added += sink.write_chunk(chunk.offset, chunk.data, chunk.crc32)
-    finally:
-        sink.sync()
-    return added
-
-
-class ChunkAssembler:
-    """Receives an object into memory, with the same checks as `PartialFile`."""
-
-    def __init__(self, *, size: int, digest: str, transfer_id: str) -> None:
-        self._verify = _Verifier(size=size, digest=digest, transfer_id=transfer_id)
-        self._buf = bytearray()
-
-    @property
-    def received(self) -> int:
-        return self._verify.received
-
-    committed = received  # memory has nothing to make durable
-
-    def write_chunk(self, offset: int, data: Buffer, crc32: int) -> bool:
-        """Append a chunk; False for a harmless re-send of bytes already held."""
-        new = self._verify.accept(offset, data, crc32)
-        self._buf += new
-        return len(new) > 0
-
-    def add(self, chunk: ChunkData) -> bool:
-        return self.write_chunk(chunk.offset, chunk.data, chunk.crc32)
-
-    def sync(self) -> None:
-        """Nothing to do in memory; present so both sinks drive the same way."""
-
-    def finalize(self) -> bytes:
-        """The whole object, after checking its size and digest."""
-        self._verify.check_complete()
-        self._verify.check_digest()
-        return bytes(self._buf)
 
 
 class PartialFile:

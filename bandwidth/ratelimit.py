@@ -122,10 +122,3 @@ class TokenBucket:
         wait = self._reserve(n)
         if wait > 0:
             self._sleep(wait)
-
-    @property
-    def available(self) -> float:
-        """Tokens in the bucket now (negative while in debt)."""
-        with self._lock:
-            elapsed = max(0.0, self._clock() - self._stamp)
-            return min(float(self.burst), self._tokens + elapsed * self.rate)

@@ -7,8 +7,7 @@
     ├── PKIError                     certificates: missing, expired, foreign CA, would overwrite
     ├── TransferError                moving an object failed; carries transfer id and offset
     │   ├── ChunkIntegrityError      a chunk's CRC, offset or the object's digest is wrong
-    │   ├── ResumeMismatch           a resume does not match the transfer on the other side
-    │   └── LinkTimeout              no progress on a link within the allowed time
+    │   └── ResumeMismatch           a resume does not match the transfer on the other side
     ├── CodecError                   an object cannot be encoded or decoded (corrupt, bad manifest)
     ├── UpdateRejected               an update failed validation (manifest, finite, norm, round)
     ├── AlreadyAccepted              this silo's update for the round is already in the journal
@@ -84,10 +83,6 @@ class ChunkIntegrityError(TransferError):
 
 class ResumeMismatch(TransferError):
     """A resumed transfer does not match what the other side holds."""
-
-
-class LinkTimeout(TransferError):
-    """A link made no progress within the allowed time."""
 
 
 class CodecError(PhotonError):

@@ -126,15 +126,6 @@ def channel_credentials(files: TLSFiles) -> grpc.ChannelCredentials:
     )
 
 
-def channel_options(*, target_name_override: str | None = None) -> list[tuple[str, str]]:
-    """gRPC channel options for TLS. `target_name_override` checks the aggregator's
-    certificate against that name instead of the dialled host (e.g. dialling an IP that is
-    not among its SANs); leave it None unless you need it."""
-    if target_name_override is None:
-        return []
-    return [("grpc.ssl_target_name_override", target_name_override)]
-
-
 def _auth_value(context: _HasAuthContext, key: str) -> bytes | None:
     auth = context.auth_context()
     if auth.get("transport_security_type") != [b"ssl"]:

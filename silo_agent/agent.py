@@ -35,6 +35,7 @@ from photon.v1 import federation_pb2 as pb
 from silo_agent.backend import RoundTrainer, TrainingBackend, trainer_config
 from silo_agent.client import AggregatorClient
 from silo_agent.config import SiloConfig
+from silo_agent.deadline import log_train_task
 from silo_agent.heartbeat import Heartbeat
 from silo_agent.metrics import SiloMetrics
 from silo_agent.progress import Progress
@@ -61,8 +62,9 @@ class SiloAgent:
         self.client = AggregatorClient(cfg)
         self.up_limit = _bucket(cfg.transfer.max_upload_rate)
         self.down_limit = _bucket(cfg.transfer.max_download_rate)
-        self.heartbeat = Heartbeat(self.client)
         self.metrics = SiloMetrics()
+        self.heartbeat = Heartbeat(self.client, on_version=self.metrics.global_version.set)
+        self.last_train_s: float | None = None  # the last round's training time, for deadlines
         serve_metrics(cfg.silo.metrics_listen, self.metrics.registry)
 
     def run(self) -> int:
@@ -119,6 +121,7 @@ class SiloAgent:
         if pending is not None:
             log.info("pending_dropped", round=pending.update.round, reason="its round has closed")
             self.state.clear_pending()
+        log_train_task(task, self.last_train_s)
         params = self._global(task.base_version)
         base_eval = self._evaluate(params)
         self.heartbeat.set(round_=task.round, phase="train")
@@ -126,6 +129,7 @@ class SiloAgent:
         trainer = self.backend.trainer(task, params, self.state.trainer_dir)
         started = time.monotonic()
         stats = self._train(trainer, task)
+        self.last_train_s = time.monotonic() - started
         log.info(
             "local_training_done",
             round=task.round,

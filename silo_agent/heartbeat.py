@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import grpc
 
@@ -14,8 +15,15 @@ log = get_logger("silo_agent.heartbeat")
 
 
 class Heartbeat:
-    def __init__(self, client: AggregatorClient) -> None:
+    """Reports the silo's progress; keeps the aggregator's global version each reply names
+    (`global_version`, -1 until a reply came) and passes it to `on_version`."""
+
+    def __init__(
+        self, client: AggregatorClient, on_version: Callable[[int], None] | None = None
+    ) -> None:
         self.client = client
+        self.on_version = on_version
+        self.global_version = -1
         self.round = 0
         self.step = 0
         self.loss = 0.0
@@ -43,10 +51,18 @@ class Heartbeat:
 
     def _run(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            try:
-                self.client.heartbeat(self.round, self.step, self.loss, self.phase)
-            except grpc.RpcError as exc:
-                log.debug("heartbeat_missed", code=exc.code().name)
+            self.beat()
+
+    def beat(self) -> None:
+        """One heartbeat: report, and keep the global version the reply names."""
+        try:
+            reply = self.client.heartbeat(self.round, self.step, self.loss, self.phase)
+        except grpc.RpcError as exc:
+            log.debug("heartbeat_missed", code=exc.code().name)
+            return
+        self.global_version = int(reply.open_round)
+        if self.on_version is not None:
+            self.on_version(self.global_version)
 
     def stop(self) -> None:
         self._stop.set()

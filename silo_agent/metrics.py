@@ -12,6 +12,11 @@ class SiloMetrics:
         self.round = Gauge("photon_silo_round", "Round being worked on.", registry=r)
         self.step = Gauge("photon_silo_global_step", "Global inner step.", registry=r)
         self.loss = Gauge("photon_silo_train_loss", "Latest inner-step loss.", registry=r)
+        self.global_version = Gauge(
+            "photon_silo_global_version",
+            "The aggregator's global version, as its last heartbeat reply said.",
+            registry=r,
+        )
         self.tokens_per_s = Gauge(
             "photon_silo_tokens_per_second", "Training throughput of the last round.", registry=r
         )

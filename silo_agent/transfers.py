@@ -130,9 +130,13 @@ def _upload_once(
         log.info("upload_already_accepted", transfer_id=u.transfer_id)
         return
     start = int(status.committed_offset)
-    if start > u.size:
+    if status.complete and start == u.size:
+        # Every byte arrived before the aggregator stopped short of recording the update (a
+        # crash in between): a header alone, at offset = size, asks it to record the update.
+        log.info("upload_bytes_all_held", transfer_id=u.transfer_id, size=u.size)
+    elif start > u.size:
         start = 0
-    if start:
+    elif start:
         log.info("upload_resuming", transfer_id=u.transfer_id, offset=start, size=u.size)
     reply = client.stub.Upload(
         _upload_messages(p, start, chunk_bytes, hook),

@@ -50,7 +50,9 @@ class RecordingHandler:
     def _saw(self, method: str, silo: str) -> None:
         self.calls.append((method, silo))
 
-    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission:
+    def join(
+        self, silo: str, num_train_tokens: int, tokenizer_digest: str, agent_version: str = ""
+    ) -> Admission:
         self._saw("join", silo)
         return Admission(spec_json=b"{}", heartbeat_interval_s=1.0)
 

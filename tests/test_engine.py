@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from structlog.testing import capture_logs
 
 from aggregator.aggregate import accumulate
 from aggregator.config import AggregatorConfig, RoundsConfig, ServerConfig
@@ -177,6 +178,15 @@ def test_unknown_silo_and_allowlist_are_refused(tmp_path: Path) -> None:
         engine.join("s9", 1, "tok")
     with pytest.raises(NotAuthorized, match="tokenizer digest"):
         engine.join("s0", 1, "other")
+
+
+def test_silo_joined_names_the_agent_version(tmp_path: Path) -> None:
+    engine, _, _, _ = make_engine(tmp_path)
+    with capture_logs() as logs:
+        engine.join("s0", 1000, "tok", "9.8.7")
+        engine.join("s1", 1000, "tok")  # an agent that sent none
+    joined = {e["silo"]: e["agent_version"] for e in logs if e["event"] == "silo_joined"}
+    assert joined == {"s0": "9.8.7", "s1": "unknown"}
 
 
 def test_unselected_silo_cannot_upload(tmp_path: Path) -> None:

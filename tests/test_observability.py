@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import urllib.request
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from photon import __version__
 from photon.cli import main
 from photon.tls import TLSFiles, channel_credentials
 from silo_agent.progress import Progress
@@ -55,10 +57,14 @@ def test_aggregator_metrics_scrape_and_health(tmp_path: Path) -> None:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="photon.v1.Federation"), timeout=10
             )
+        agg_log = fed.log("aggregator", tail=None)
     finally:
         fed.stop_all()
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     assert "photon_silo_round" in silo_text and "photon_silo_tokens_per_second" in silo_text
+    assert "photon_silo_global_version" in silo_text
+    assert _event(agg_log, "aggregator_listening")["metrics_port"] == port
+    assert _event(agg_log, "silo_joined")["agent_version"] == __version__
     assert status.exit_code == 0, status.output
     assert "version 1/1" in status.output and "done" in status.output
     assert "silo-0" in status.output and "last eval loss" in status.output
@@ -67,6 +73,14 @@ def test_aggregator_metrics_scrape_and_health(tmp_path: Path) -> None:
     assert _metric(text, 'photon_transfer_bytes_total{direction="up"}') > 0
     assert _metric(text, 'photon_transfer_seconds_count{direction="up"}') >= 1
     assert _metric(text, "photon_eval_loss") > 0
+
+
+def _event(log: str, name: str) -> dict[str, object]:
+    """The first JSON log line of event `name`."""
+    for line in log.splitlines():
+        if line.startswith("{") and json.loads(line).get("event") == name:
+            return dict(json.loads(line))
+    raise AssertionError(f"no {name} line in:\n{log[-2000:]}")
 
 
 def _scrape(port: int) -> str | None:

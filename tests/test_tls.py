@@ -20,7 +20,6 @@ from photon.errors import PKIError
 from photon.tls import (
     TLSFiles,
     channel_credentials,
-    channel_options,
     peer_certificate_pem,
     peer_identity,
     server_credentials,
@@ -108,10 +107,9 @@ def test_connecting_by_dns_name_checks_the_dns_san(server: Server) -> None:
 
 def test_target_name_override_must_match_a_san(server: Server) -> None:
     creds = channel_credentials(TLSFiles.for_silo(server.certs, "silo-0"))
-    assert channel_options() == []
-    ok = dict(channel_options(target_name_override="localhost"))
+    ok = {"grpc.ssl_target_name_override": "localhost"}
     assert check(server.target, creds, **ok) == health_pb2.HealthCheckResponse.SERVING
-    wrong = dict(channel_options(target_name_override="evil.example.org"))
+    wrong = {"grpc.ssl_target_name_override": "evil.example.org"}
     with pytest.raises(grpc.RpcError) as info:
         check(server.target, creds, **wrong)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE

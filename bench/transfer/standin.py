@@ -68,7 +68,9 @@ class StandInHandler:
         self.uploads = UploadRegistry(state_dir / "spool")
         self.published = published
 
-    def join(self, silo: str, num_train_tokens: int, tokenizer_digest: str) -> Admission:
+    def join(
+        self, silo: str, num_train_tokens: int, tokenizer_digest: str, agent_version: str = ""
+    ) -> Admission:
         raise _not_benchmarked("Join")
 
     def heartbeat(self, silo: str) -> int:
