@@ -4,6 +4,8 @@ It knows nothing of gRPC: it implements `FederationHandler`, which the servicer 
 silo id the auth interceptor verified and plain values, turning its `PhotonError`s into status
 codes. All mutable state sits behind
 one condition variable; long work (aggregating, evaluating, streaming bytes) runs outside it.
+Every timeout (liveness, deadlines, waits) runs on the monotonic clock; the journal keeps
+wall-clock records (`aggregator.clocks`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator.audit import AUDIT_HEAD, AuditLog
+from aggregator.clocks import Clocks, remaining_from_record
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision
@@ -39,6 +42,8 @@ log = get_logger("aggregator.engine")
 @dataclass(slots=True)
 class _OpenRound:
     row: RoundRow
+    #: The round's deadline on the monotonic clock (the journal holds it as wall time).
+    deadline_mono: float
     reported: set[str] = field(default_factory=set)
 
 
@@ -51,19 +56,21 @@ class RoundEngine:
         store: Store,
         model: GlobalModel,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        clocks: Clocks | None = None,
         evaluate: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.spec = cfg.federation
         self.store = store
         self.model = model
-        self.clock = clock
+        # `clock` alone (tests) serves as both clocks; `clocks` injects them separately.
+        self.clocks = clocks or (Clocks() if clock is None else Clocks.single(clock))
         self._evaluate = evaluate
         self._cond = threading.Condition()
         self._open: _OpenRound | None = None
         self._aggregating = False
-        self.members = Membership(store, clock, cfg.server)
+        self.members = Membership(store, self.clocks, cfg.server)
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
         self.audit = AuditLog(
             Path(cfg.server.state_dir) / "audit.jsonl",
@@ -74,15 +81,20 @@ class RoundEngine:
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
-        now = self.clock()
+        now = self.clocks.wall()
         version = self.model.version
         for row in self.store.rounds():
             if row.round < version and row.closed_at is None:
                 self.store.close_round(row.round, now, "recovered")
             elif row.round == version and row.closed_at is None:
                 reported = {u.silo_id for u in self.store.updates(row.round)}
-                self._open = _OpenRound(row=row, reported=reported)
-                log.info("round_resumed", round=row.round, reported=sorted(reported))
+                left = remaining_from_record(row.deadline_at, now, self.cfg.rounds.deadline_s)
+                self._open = _OpenRound(
+                    row=row, deadline_mono=self.clocks.mono() + left, reported=reported
+                )
+                log.info(
+                    "round_resumed", round=row.round, reported=sorted(reported), deadline_s=left
+                )
         self.uploads.clean_closed_rounds(before=version)
 
     # -- membership -------------------------------------------------------------------------
@@ -144,7 +156,7 @@ class RoundEngine:
                 base_version=op.row.base_version,
                 local_steps=self.spec.local_steps,
                 global_step=op.row.round * self.spec.local_steps,
-                deadline_s=max(0.0, op.row.deadline_at - self.clock()),
+                deadline_s=max(0.0, op.deadline_mono - self.clocks.mono()),
             )
         why = "update received" if silo in op.reported else "not selected this round"
         return TaskDecision(kind="wait", round=op.row.round, retry_after_s=1.0, message=why)
@@ -223,7 +235,7 @@ class RoundEngine:
                 train_loss=info.train_loss,
                 base_eval_loss=info.base_eval_loss,
                 train_seconds=info.train_seconds,
-                accepted_at=self.clock(),
+                accepted_at=self.clocks.wall(),
                 norm=norm,
                 signature=info.signature,
             )
@@ -300,18 +312,18 @@ class RoundEngine:
         k = self.cfg.rounds.silos_per_round or len(online)
         rng = random.Random(f"{self.spec.seed}:{round_}")  # noqa: S311 - sampling, not secrets
         selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
-        now = self.clock()
+        now, deadline_s = self.clocks.wall(), self.cfg.rounds.deadline_s
         row = RoundRow(
             round=round_,
             base_version=round_,
             selected=selected,
             opened_at=now,
-            deadline_at=now + self.cfg.rounds.deadline_s,
+            deadline_at=now + deadline_s,
             closed_at=None,
             outcome=None,
         )
         self.store.open_round(row)
-        self._open = _OpenRound(row=row)
+        self._open = _OpenRound(row=row, deadline_mono=self.clocks.mono() + deadline_s)
         log.info(
             "round_opened",
             round=round_,
@@ -340,8 +352,8 @@ class RoundEngine:
                     s for s in selected - reported if self.members.is_online(s)
                 ),
                 quorum=self.cfg.rounds.quorum,
-                now=self.clock(),
-                deadline_at=op.row.deadline_at,
+                now=self.clocks.mono(),
+                deadline_at=op.deadline_mono,
                 deadline_s=self.cfg.rounds.deadline_s,
             )
         )
@@ -362,9 +374,11 @@ class RoundEngine:
         return False
 
     def _extend_deadline(self, op: _OpenRound, ext: ExtendDeadline) -> None:
-        """Journal the round's new deadline, then adopt it."""
-        self.store.extend_deadline(op.row.round, ext.until)
-        op.row = dataclasses.replace(op.row, deadline_at=ext.until)
+        """Journal the round's new deadline (as wall time), then adopt it (monotonic)."""
+        until_wall = self.clocks.mono_to_wall(ext.until)
+        self.store.extend_deadline(op.row.round, until_wall)
+        op.row = dataclasses.replace(op.row, deadline_at=until_wall)
+        op.deadline_mono = ext.until
         log.warning(
             "round_deadline_extended", round=op.row.round, reported=ext.reported, quorum=ext.quorum
         )
@@ -379,7 +393,7 @@ class RoundEngine:
                 self._aggregating = False
             raise
         with self._cond:
-            self.store.close_round(op.row.round, self.clock(), "aggregated")
+            self.store.close_round(op.row.round, self.clocks.wall(), "aggregated")
             self._open = None
             self._aggregating = False
             self.uploads.clean_closed_rounds(before=self.model.version)
@@ -400,7 +414,7 @@ class RoundEngine:
     def status(self) -> dict[str, Any]:
         """A snapshot for operators: round, silos and their liveness."""
         with self._cond:
-            now = self.clock()
+            now = self.clocks.mono()
             op = self._open
             phase = (
                 "done"
@@ -418,7 +432,7 @@ class RoundEngine:
                 "open_round": None if op is None else op.row.round,
                 "selected": [] if op is None else list(op.row.selected),
                 "reported": [] if op is None else sorted(op.reported),
-                "deadline_in_s": None if op is None else round(op.row.deadline_at - now, 1),
+                "deadline_in_s": None if op is None else round(op.deadline_mono - now, 1),
                 "silos": self.members.snapshot(),
             }
 
