@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from aggregator.audit import AUDIT_HEAD, AuditLog
 from aggregator.clocks import Clocks, remaining_from_record
+from aggregator.closeout import DiskFullBackoff
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision
@@ -29,6 +30,7 @@ from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
+from photon.diskspace import is_disk_full
 from photon.errors import NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.faults import crash_point
 from photon.logs import get_logger
@@ -70,6 +72,9 @@ class RoundEngine:
         self._cond = threading.Condition()
         self._open: _OpenRound | None = None
         self._aggregating = False
+        self._backoff = DiskFullBackoff(self.clocks.mono)
+        #: A version whose evaluation (and summary) a full disk deferred.
+        self._eval_pending: int | None = None
         self.members = Membership(store, self.clocks, cfg.server)
         self.uploads = UploadRegistry(Path(cfg.server.state_dir) / "spool")
         self.audit = AuditLog(
@@ -242,8 +247,8 @@ class RoundEngine:
             new = self.store.add_update(row)
             if new:
                 crash_point("aggregator.update_recorded")
+                op.reported.add(silo)  # journaled: counted even if its audit line fails
                 self.verifier.accepted(silo, info, norm)
-                op.reported.add(silo)
                 if info.base_eval_loss is not None and math.isfinite(info.base_eval_loss):
                     self.store.add_eval(
                         info.base_version, silo, info.base_eval_loss, info.num_tokens
@@ -287,7 +292,23 @@ class RoundEngine:
 
     # -- the driver: liveness, opening and closing rounds -----------------------------------
     def tick(self) -> None:
-        """One pass of housekeeping; called by the driver thread (and by tests)."""
+        """One pass of housekeeping; called by the driver thread (and by tests). A full disk
+        defers the pass (logged; tried again after a bounded back-off) and loses nothing:
+        the journal and the last checkpoint are untouched. Any other error propagates."""
+        if not self._backoff.ready():
+            return
+        try:
+            self._tick()
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._backoff.failed(
+                exc, "closing a round" if self._open else "journaling", self.model.version
+            )
+            return
+        self._backoff.succeeded("round driver")
+
+    def _tick(self) -> None:
         to_close: _OpenRound | None = None
         with self._cond:
             self._mark_lost()
@@ -299,6 +320,8 @@ class RoundEngine:
                 to_close = op
         if to_close is not None:
             self._close(to_close)
+        if self._eval_pending is not None:
+            self._run_evaluate()
 
     def _mark_lost(self) -> None:
         if self.members.mark_lost(self.cfg.rounds.heartbeat_timeout_s):
@@ -384,14 +407,34 @@ class RoundEngine:
         )
 
     def _close(self, op: _OpenRound) -> None:
+        """Aggregate, commit the version, journal the round closed. Retried whole after a full
+        disk: the model restores its last checkpoint on a failed advance, and an advance that
+        did commit (only the journal row failed) is not repeated."""
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
         try:
-            self.model.advance(updates, op.row.round)
+            self.verifier.reconcile()  # an audit line a full disk held back comes first
+            if self.model.version == op.row.round:
+                self.model.advance(updates, op.row.round)
+                self._eval_pending = self.model.version
+            self._record_closed(op, len(updates), started)
         except BaseException:
             with self._cond:
                 self._aggregating = False
             raise
+        self._run_evaluate()
+
+    def _run_evaluate(self) -> None:
+        version, self._eval_pending = self._eval_pending, None
+        if self._evaluate is None or version != self.model.version:
+            return
+        try:
+            self._evaluate(version)
+        except BaseException:
+            self._eval_pending = version  # tried again at the next tick
+            raise
+
+    def _record_closed(self, op: _OpenRound, n_updates: int, started: float) -> None:
         with self._cond:
             self.store.close_round(op.row.round, self.clocks.wall(), "aggregated")
             self._open = None
@@ -401,14 +444,12 @@ class RoundEngine:
                 "round_closed",
                 round=op.row.round,
                 version=self.model.version,
-                updates=len(updates),
+                updates=n_updates,
                 aggregate_s=round(time.monotonic() - started, 3),
             )
             if self.model.version < self.spec.rounds:
                 self._open_round()
             self._cond.notify_all()
-        if self._evaluate is not None:
-            self._evaluate(self.model.version)
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -440,7 +481,7 @@ class RoundEngine:
     def finished(self) -> bool:
         """The last round is aggregated and every silo that was online has left or got DONE."""
         with self._cond:
-            if self.model.version < self.spec.rounds:
+            if self.model.version < self.spec.rounds or self._eval_pending is not None:
                 return False
             return not self.members.any_online()
 

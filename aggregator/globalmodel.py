@@ -26,6 +26,7 @@ from photon.checkpoint import (
     checkpoint_path,
     clean_tmp,
     latest_checkpoint,
+    load_checkpoint,
     param_digest,
     prune,
     save_checkpoint,
@@ -110,7 +111,25 @@ class GlobalModel:
 
     # -- one round --------------------------------------------------------------------------
     def advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
-        """Average the updates (token-weighted), take the outer step, commit version + 1."""
+        """Average the updates (token-weighted), take the outer step, commit version + 1.
+
+        If committing fails (a full disk), the parameters and outer state are restored from
+        the current version's checkpoint, so trying again takes the same step once."""
+        try:
+            self._advance(updates, round_)
+        except Exception:
+            self._restore()
+            raise
+
+    def _restore(self) -> None:
+        ckpt = load_checkpoint(checkpoint_path(self.ckpt_dir, self.version))
+        with self._lock:
+            self.params = dict(ckpt.params)
+            self.outer.load_state_tensors(dict(ckpt.outer_state))
+            self.checkpoint_path = ckpt.path
+        log.warning("model_restored", version=self.version, path=str(ckpt.path))
+
+    def _advance(self, updates: Sequence[UpdateRow], round_: int) -> None:
         dp = self.privacy if self.privacy.enabled else None
         acc = accumulate(updates, clip_norm=dp.clip_norm if dp else None)
         crash_point("aggregator.aggregated")

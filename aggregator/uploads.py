@@ -9,14 +9,17 @@ the server — the newer stream wins and the older one stops at its next chunk.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bandwidth.chunking import PartialFile, sha256_file
+from photon.diskspace import as_disk_full, is_disk_full
 from photon.errors import ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
 
@@ -104,16 +107,48 @@ class UploadSession:
                 )
             if self.partial is None:
                 return False
-            return bool(self.partial.write_chunk(offset, data, crc32))
+            with self._disk_full_resumes():
+                return bool(self.partial.write_chunk(offset, data, crc32))
 
     def sync(self) -> None:
         with self._lock:
             if self.partial is not None:
-                self.partial.sync()
+                with self._disk_full_resumes():
+                    self.partial.sync()
 
     def finalize(self) -> Path:
         with self._lock:
-            return self.final if self.partial is None else Path(self.partial.finalize())
+            if self.partial is None:
+                return self.final
+            with self._disk_full_resumes():
+                return Path(self.partial.finalize())
+
+    @contextlib.contextmanager
+    def _disk_full_resumes(self) -> Iterator[None]:
+        """A full disk refuses the write (DiskFull); the session restarts from what is on
+        disk, so the silo's next stream resumes at a consistent committed offset."""
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_full(exc) or self.partial is None:
+                raise
+            self.partial.abandon()
+            self.partial = PartialFile(
+                self.final,
+                size=self.info.size,
+                digest=self.info.digest,
+                transfer_id=self.info.transfer_id,
+            )
+            log.warning(
+                "upload_refused_disk_full",
+                silo=self.silo,
+                round=self.info.round,
+                transfer_id=self.info.transfer_id,
+                committed=self.partial.received,
+            )
+            raise as_disk_full(
+                exc, "receiving an update", silo=self.silo, round=self.info.round
+            ) from exc
 
 
 class UploadRegistry:

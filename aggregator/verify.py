@@ -33,6 +33,7 @@ class UpdateVerifier:
         audit: AuditLog,
     ) -> None:
         self.server, self.spec, self.model, self.audit = server, spec, model, audit
+        self.store = store
         norms = [u.norm for u in store.all_updates() if u.norm is not None]
         self.recent: deque[float] = deque(norms[-RECENT:], maxlen=RECENT)
         entries, _ = read_audit(audit.path)
@@ -51,6 +52,12 @@ class UpdateVerifier:
             self.record(silo, info, "rejected", str(exc))
             raise
         return norm
+
+    def reconcile(self) -> None:
+        """Write the audit line of any journaled update that lacks one (a full disk can refuse
+        the line after the journal row was committed)."""
+        entries, _ = read_audit(self.audit.path)
+        self._reconcile(self.store, entries)
 
     def _reconcile(self, store: Store, entries: list[dict[str, object]]) -> None:
         """The journal is the commit point and the audit line follows it; a crash between the
