@@ -26,6 +26,7 @@ from aggregator.closeout import DiskFullBackoff
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision
+from aggregator.integrity import drop_corrupt, rewind
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
@@ -88,6 +89,7 @@ class RoundEngine:
     def _recover(self) -> None:
         now = self.clocks.wall()
         version = self.model.version
+        rewind(self.store, self.audit, version)  # the journal may be ahead of the checkpoint
         for row in self.store.rounds():
             if row.round < version and row.closed_at is None:
                 self.store.close_round(row.round, now, "recovered")
@@ -412,6 +414,8 @@ class RoundEngine:
         did commit (only the journal row failed) is not repeated."""
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
+        if self.model.version == op.row.round and self._drop_corrupt(op, updates):
+            return
         try:
             self.verifier.reconcile()  # an audit line a full disk held back comes first
             if self.model.version == op.row.round:
@@ -423,6 +427,17 @@ class RoundEngine:
                 self._aggregating = False
             raise
         self._run_evaluate()
+
+    def _drop_corrupt(self, op: _OpenRound, updates: list[UpdateRow]) -> bool:
+        """Updates whose spool file fails its digest are dropped and their silos asked again;
+        the round stays open. True if any was dropped."""
+        with self._cond:
+            bad = drop_corrupt(self.store, self.audit, updates)
+            op.reported -= {u.silo_id for u in bad}
+            if bad:
+                self._aggregating = False
+                self._cond.notify_all()
+            return bool(bad)
 
     def _run_evaluate(self) -> None:
         version, self._eval_pending = self._eval_pending, None
