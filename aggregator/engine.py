@@ -26,7 +26,7 @@ from aggregator.closeout import DiskFullBackoff
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision
-from aggregator.integrity import drop_corrupt, rewind
+from aggregator.integrity import SPOOL_CORRUPT, corrupt, drop_updates, rewind
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import MAX_COUNT, UploadHeaderInfo, UploadRegistry, UploadSession
@@ -414,9 +414,9 @@ class RoundEngine:
         did commit (only the journal row failed) is not repeated."""
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
-        if self.model.version == op.row.round and self._drop_corrupt(op, updates):
-            return
         try:
+            if self.model.version == op.row.round and self._drop_corrupt(op, updates):
+                return
             self.verifier.reconcile()  # an audit line a full disk held back comes first
             if self.model.version == op.row.round:
                 self.model.advance(updates, op.row.round)
@@ -431,8 +431,9 @@ class RoundEngine:
     def _drop_corrupt(self, op: _OpenRound, updates: list[UpdateRow]) -> bool:
         """Updates whose spool file fails its digest are dropped and their silos asked again;
         the round stays open. True if any was dropped."""
+        bad = corrupt(updates)  # hashing runs outside the lock
         with self._cond:
-            bad = drop_corrupt(self.store, self.audit, updates)
+            drop_updates(self.store, self.audit, bad, SPOOL_CORRUPT)
             op.reported -= {u.silo_id for u in bad}
             if bad:
                 self._aggregating = False

@@ -24,6 +24,8 @@ from photon.logs import get_logger
 
 log = get_logger("aggregator.integrity")
 
+SPOOL_CORRUPT = "spool file missing or fails its digest; asked again"
+
 
 def update_intact(u: UpdateRow) -> bool:
     """The update's spool file exists with the journaled size and digest."""
@@ -50,11 +52,9 @@ def drop_updates(store: Store, audit: AuditLog, rows: Iterable[UpdateRow], reaso
         log.warning("update_dropped", silo=u.silo_id, round=u.round, reason=reason)
 
 
-def drop_corrupt(store: Store, audit: AuditLog, rows: Iterable[UpdateRow]) -> list[UpdateRow]:
-    """Drop the updates among `rows` whose spool file fails its digest; return them."""
-    bad = [u for u in rows if not update_intact(u)]
-    drop_updates(store, audit, bad, "spool file missing or fails its digest; asked again")
-    return bad
+def corrupt(rows: Iterable[UpdateRow]) -> list[UpdateRow]:
+    """The updates among `rows` whose spool file is missing or fails its digest."""
+    return [u for u in rows if not update_intact(u)]
 
 
 def rewind(store: Store, audit: AuditLog, version: int) -> None:
@@ -68,7 +68,7 @@ def rewind(store: Store, audit: AuditLog, version: int) -> None:
             store.delete_round(row.round)
             log.warning("round_forgotten", round=row.round, version=version)
         elif row.round == version:
-            drop_corrupt(store, audit, store.updates(row.round))
+            drop_updates(store, audit, corrupt(store.updates(row.round)), SPOOL_CORRUPT)
             if row.closed_at is not None:
                 store.reopen_round(row.round)
                 log.warning("round_reopened", round=row.round, version=version)

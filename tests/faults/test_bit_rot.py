@@ -21,6 +21,7 @@ from tests.faults._support import (
     wait_killed,
 )
 from tests.harness import Federation
+from tests.test_engine import join_all, make_engine, send_update
 
 #: The summary is written at start-up, then after each round: the 2nd write follows round 0's
 #: close (version 1 checkpointed, round 0 journaled closed, round 1 opened).
@@ -102,3 +103,31 @@ def test_flipped_bit_in_a_recorded_update_is_dropped_and_resent(
     # The silo's upload had been cut by the crash, so it still held the update and sent the
     # same bytes again: the model is the fault-free one.
     assert summary["param_digest"] == reference_digest
+
+
+def test_a_spool_update_rotting_before_aggregation_is_dropped_and_asked_again(
+    tmp_path: Path,
+) -> None:
+    """The same check while the aggregator runs: the round is not aggregated with bad bytes."""
+    engine, model, _, store = make_engine(tmp_path)
+    join_all(engine, 2)
+    engine.tick()
+    assert send_update(engine, tmp_path, "s0", 0, 1.0)
+    [row] = store.updates(0)
+    flip_bit(Path(row.path), -3)
+    assert send_update(engine, tmp_path, "s1", 0, 3.0)
+    engine.tick()
+    assert model.advanced == [], "not aggregated with a corrupt update"
+    assert [u.silo_id for u in store.updates(0)] == ["s1"]
+    assert engine.get_task("s0", 0).kind == "train", "s0 is asked again"
+    assert send_update(engine, tmp_path, "s0", 0, 1.0)
+    engine.tick()
+    assert model.advanced == [(0, ["s0", "s1"])]
+    entries, broken = read_audit(engine.audit.path)
+    assert broken is None
+    assert [(e["silo"], e["verdict"]) for e in entries] == [
+        ("s0", "accepted"),
+        ("s1", "accepted"),
+        ("s0", "dropped"),
+        ("s0", "accepted"),
+    ]
