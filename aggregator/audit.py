@@ -7,6 +7,7 @@ Lines are fsynced as they are written.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -59,13 +60,27 @@ class AuditLog:
             line = json.dumps(entry, sort_keys=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                os.write(fd, (line + "\n").encode())
+                _append_whole(fd, (line + "\n").encode(), self.path)
                 os.fsync(fd)
             finally:
                 os.close(fd)
             self._prev = _hash(line)
             if self.anchor is not None:
                 self.anchor(self._prev)
+
+
+def _append_whole(fd: int, data: bytes, path: Path) -> None:
+    """Append all of `data` or nothing: a short write (a full disk fits part of a line) is cut
+    off again, so a torn line never breaks the chain for the lines after it."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        written = os.write(fd, data)
+    except OSError:
+        os.ftruncate(fd, start)
+        raise
+    if written != len(data):
+        os.ftruncate(fd, start)
+        raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)", str(path))
 
 
 def round_time() -> float:

@@ -24,7 +24,10 @@ class RoundFacts:
     pending_online: frozenset[str]
     #: `rounds.quorum`: the fraction of `selected` that must report.
     quorum: float
+    #: The current time on the monotonic clock (never wall time: a clock jump must not
+    #: expire or extend a round).
     now: float
+    #: The round's deadline on the same monotonic clock.
     deadline_at: float
     #: `rounds.deadline_s`: how long a round missing its quorum at the deadline is extended.
     deadline_s: float

@@ -4,6 +4,8 @@ It knows nothing of gRPC: it implements `FederationHandler`, which the servicer 
 silo id the auth interceptor verified and plain values, turning its `PhotonError`s into status
 codes. All mutable state sits behind
 one condition variable; long work (aggregating, evaluating, streaming bytes) runs outside it.
+Every timeout (liveness, deadlines, waits) runs on the monotonic clock; the journal keeps
+wall-clock records (`aggregator.clocks`).
 """
 
 from __future__ import annotations
@@ -19,14 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aggregator.audit import AUDIT_HEAD, AuditLog
+from aggregator.clocks import Clocks, remaining_from_record
+from aggregator.closeout import DiskFullBackoff
 from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision, UploadState
+from aggregator.integrity import SPOOL_CORRUPT, corrupt, drop_updates, rewind
 from aggregator.limits import upload_quota
 from aggregator.membership import Membership
 from aggregator.store import RoundRow, Store, UpdateRow
 from aggregator.uploads import UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
+from photon.diskspace import is_disk_full
 from photon.errors import AlreadyAccepted, NotAuthorized, PhotonError, RoundClosed, UpdateRejected
 from photon.faults import crash_point
 from photon.logs import get_logger
@@ -41,6 +47,8 @@ log = get_logger("aggregator.engine")
 @dataclass(slots=True)
 class _OpenRound:
     row: RoundRow
+    #: The round's deadline on the monotonic clock (the journal holds it as wall time).
+    deadline_mono: float
     reported: set[str] = field(default_factory=set)
 
 
@@ -53,19 +61,24 @@ class RoundEngine:
         store: Store,
         model: GlobalModel,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
+        clocks: Clocks | None = None,
         evaluate: Callable[[int], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.spec = cfg.federation
         self.store = store
         self.model = model
-        self.clock = clock
+        # `clock` alone (tests) serves as both clocks; `clocks` injects them separately.
+        self.clocks = clocks or (Clocks() if clock is None else Clocks.single(clock))
         self._evaluate = evaluate
         self._cond = threading.Condition()
         self._open: _OpenRound | None = None
         self._aggregating = False
-        self.members = Membership(store, clock, cfg.server)
+        self._backoff = DiskFullBackoff(self.clocks.mono)
+        #: A version whose evaluation (and summary) a full disk deferred.
+        self._eval_pending: int | None = None
+        self.members = Membership(store, self.clocks, cfg.server)
         self.uploads = UploadRegistry(
             Path(cfg.server.state_dir) / "spool", upload_quota(cfg.server, model.max_update_bytes)
         )
@@ -78,15 +91,21 @@ class RoundEngine:
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
-        now = self.clock()
+        now = self.clocks.wall()
         version = self.model.version
+        rewind(self.store, self.audit, version)  # the journal may be ahead of the checkpoint
         for row in self.store.rounds():
             if row.round < version and row.closed_at is None:
                 self.store.close_round(row.round, now, "recovered")
             elif row.round == version and row.closed_at is None:
                 reported = {u.silo_id for u in self.store.updates(row.round)}
-                self._open = _OpenRound(row=row, reported=reported)
-                log.info("round_resumed", round=row.round, reported=sorted(reported))
+                left = remaining_from_record(row.deadline_at, now, self.cfg.rounds.deadline_s)
+                self._open = _OpenRound(
+                    row=row, deadline_mono=self.clocks.mono() + left, reported=reported
+                )
+                log.info(
+                    "round_resumed", round=row.round, reported=sorted(reported), deadline_s=left
+                )
         self.uploads.clean_closed_rounds(before=version)
 
     # -- membership -------------------------------------------------------------------------
@@ -150,7 +169,7 @@ class RoundEngine:
                 base_version=op.row.base_version,
                 local_steps=self.spec.local_steps,
                 global_step=op.row.round * self.spec.local_steps,
-                deadline_s=max(0.0, op.row.deadline_at - self.clock()),
+                deadline_s=max(0.0, op.deadline_mono - self.clocks.mono()),
             )
         why = "update received" if silo in op.reported else "not selected this round"
         return TaskDecision(kind="wait", round=op.row.round, retry_after_s=1.0, message=why)
@@ -223,13 +242,17 @@ class RoundEngine:
         with self._cond:
             op = self._check_round(silo, update.round, allow_reported=True)
             row = UpdateRow(
-                silo_id=silo, update=update, path=str(path), accepted_at=self.clock(), norm=norm
+                silo_id=silo,
+                update=update,
+                path=str(path),
+                accepted_at=self.clocks.wall(),
+                norm=norm,
             )
             new = self.store.add_update(row)
             if new:
                 crash_point("aggregator.update_recorded")
+                op.reported.add(silo)  # journaled: counted even if its audit line fails
                 self.verifier.accepted(silo, update, norm)
-                op.reported.add(silo)
                 if update.base_eval_loss is not None and math.isfinite(update.base_eval_loss):
                     self.store.add_eval(
                         update.base_version, silo, update.base_eval_loss, update.num_tokens
@@ -273,7 +296,23 @@ class RoundEngine:
 
     # -- the driver: liveness, opening and closing rounds -----------------------------------
     def tick(self) -> None:
-        """One pass of housekeeping; called by the driver thread (and by tests)."""
+        """One pass of housekeeping; called by the driver thread (and by tests). A full disk
+        defers the pass (logged; tried again after a bounded back-off) and loses nothing:
+        the journal and the last checkpoint are untouched. Any other error propagates."""
+        if not self._backoff.ready():
+            return
+        try:
+            self._tick()
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            self._backoff.failed(
+                exc, "closing a round" if self._open else "journaling", self.model.version
+            )
+            return
+        self._backoff.succeeded("round driver")
+
+    def _tick(self) -> None:
         to_close: _OpenRound | None = None
         with self._cond:
             self._mark_lost()
@@ -285,6 +324,8 @@ class RoundEngine:
                 to_close = op
         if to_close is not None:
             self._close(to_close)
+        if self._eval_pending is not None:
+            self._run_evaluate()
 
     def _mark_lost(self) -> None:
         if self.members.mark_lost(self.cfg.rounds.heartbeat_timeout_s):
@@ -298,18 +339,18 @@ class RoundEngine:
         k = self.cfg.rounds.silos_per_round or len(online)
         rng = random.Random(f"{self.spec.seed}:{round_}")  # noqa: S311 - sampling, not secrets
         selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
-        now = self.clock()
+        now, deadline_s = self.clocks.wall(), self.cfg.rounds.deadline_s
         row = RoundRow(
             round=round_,
             base_version=round_,
             selected=selected,
             opened_at=now,
-            deadline_at=now + self.cfg.rounds.deadline_s,
+            deadline_at=now + deadline_s,
             closed_at=None,
             outcome=None,
         )
         self.store.open_round(row)
-        self._open = _OpenRound(row=row)
+        self._open = _OpenRound(row=row, deadline_mono=self.clocks.mono() + deadline_s)
         log.info(
             "round_opened",
             round=round_,
@@ -338,8 +379,8 @@ class RoundEngine:
                     s for s in selected - reported if self.members.is_online(s)
                 ),
                 quorum=self.cfg.rounds.quorum,
-                now=self.clock(),
-                deadline_at=op.row.deadline_at,
+                now=self.clocks.mono(),
+                deadline_at=op.deadline_mono,
                 deadline_s=self.cfg.rounds.deadline_s,
             )
         )
@@ -360,25 +401,61 @@ class RoundEngine:
         return False
 
     def _extend_deadline(self, op: _OpenRound, ext: ExtendDeadline) -> None:
-        """Journal the round's new deadline, then adopt it."""
-        self.store.extend_deadline(op.row.round, ext.until)
-        op.row = dataclasses.replace(op.row, deadline_at=ext.until)
+        """Journal the round's new deadline (as wall time), then adopt it (monotonic)."""
+        until_wall = self.clocks.mono_to_wall(ext.until)
+        self.store.extend_deadline(op.row.round, until_wall)
+        op.row = dataclasses.replace(op.row, deadline_at=until_wall)
+        op.deadline_mono = ext.until
         log.warning(
             "round_deadline_extended", round=op.row.round, reported=ext.reported, quorum=ext.quorum
         )
 
     def _close(self, op: _OpenRound) -> None:
+        """Aggregate, commit the version, journal the round closed. Retried whole after a full
+        disk: the model restores its last checkpoint on a failed advance, and an advance that
+        did commit (only the journal row failed) is not repeated."""
         started = time.monotonic()
         updates = [u for u in self.store.updates(op.row.round) if u.silo_id in op.row.selected]
         try:
-            for row in self.model.advance(updates, op.row.round):
-                self.verifier.excluded(row, "left out: the aggregate with it was not finite")
+            if self.model.version == op.row.round and self._drop_corrupt(op, updates):
+                return
+            self.verifier.reconcile()  # an audit line a full disk held back comes first
+            if self.model.version == op.row.round:
+                for row in self.model.advance(updates, op.row.round):
+                    self.verifier.excluded(row, "left out: the aggregate with it was not finite")
+                self._eval_pending = self.model.version
+            self._record_closed(op, len(updates), started)
         except BaseException:
             with self._cond:
                 self._aggregating = False
             raise
+        self._run_evaluate()
+
+    def _drop_corrupt(self, op: _OpenRound, updates: list[UpdateRow]) -> bool:
+        """Updates whose spool file fails its digest are dropped and their silos asked again;
+        the round stays open. True if any was dropped."""
+        bad = corrupt(updates)  # hashing runs outside the lock
         with self._cond:
-            self.store.close_round(op.row.round, self.clock(), "aggregated")
+            drop_updates(self.store, self.audit, bad, SPOOL_CORRUPT)
+            op.reported -= {u.silo_id for u in bad}
+            if bad:
+                self._aggregating = False
+                self._cond.notify_all()
+            return bool(bad)
+
+    def _run_evaluate(self) -> None:
+        version, self._eval_pending = self._eval_pending, None
+        if self._evaluate is None or version != self.model.version:
+            return
+        try:
+            self._evaluate(version)
+        except BaseException:
+            self._eval_pending = version  # tried again at the next tick
+            raise
+
+    def _record_closed(self, op: _OpenRound, n_updates: int, started: float) -> None:
+        with self._cond:
+            self.store.close_round(op.row.round, self.clocks.wall(), "aggregated")
             self._open = None
             self._aggregating = False
             self.uploads.clean_closed_rounds(before=self.model.version)
@@ -386,20 +463,18 @@ class RoundEngine:
                 "round_closed",
                 round=op.row.round,
                 version=self.model.version,
-                updates=len(updates),
+                updates=n_updates,
                 aggregate_s=round(time.monotonic() - started, 3),
             )
             if self.model.version < self.spec.rounds:
                 self._open_round()
             self._cond.notify_all()
-        if self._evaluate is not None:
-            self._evaluate(self.model.version)
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """A snapshot for operators: round, silos and their liveness."""
         with self._cond:
-            now = self.clock()
+            now = self.clocks.mono()
             op = self._open
             phase = (
                 "done"
@@ -417,7 +492,7 @@ class RoundEngine:
                 "open_round": None if op is None else op.row.round,
                 "selected": [] if op is None else list(op.row.selected),
                 "reported": [] if op is None else sorted(op.reported),
-                "deadline_in_s": None if op is None else round(op.row.deadline_at - now, 1),
+                "deadline_in_s": None if op is None else round(op.deadline_mono - now, 1),
                 "silos": self.members.snapshot(),
             }
 
@@ -425,7 +500,7 @@ class RoundEngine:
     def finished(self) -> bool:
         """The last round is aggregated and every silo that was online has left or got DONE."""
         with self._cond:
-            if self.model.version < self.spec.rounds:
+            if self.model.version < self.spec.rounds or self._eval_pending is not None:
                 return False
             return not self.members.any_online()
 

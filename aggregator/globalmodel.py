@@ -118,7 +118,18 @@ class GlobalModel:
         A version with a non-finite parameter or outer state is never written: the step is
         undone from the last checkpoint and retried without the largest-norm update, until
         the result is finite (with no update left, the version repeats the parameters).
-        Returns the updates left out, largest norm first, for the audit log."""
+        Returns the updates left out, largest norm first, for the audit log. If committing
+        fails (a full disk), the parameters and outer state are restored from the current
+        version's checkpoint, so trying again takes the same step once."""
+        try:
+            return self._advance(updates, round_)
+        except Exception:
+            with self._lock:
+                self._restore()
+            log.warning("model_restored", version=self.version, path=str(self.checkpoint_path))
+            raise
+
+    def _advance(self, updates: Sequence[UpdateRow], round_: int) -> list[UpdateRow]:
         kept = sorted(updates, key=lambda u: u.silo_id)
         excluded: list[UpdateRow] = []
         acc = self._accumulate(kept)

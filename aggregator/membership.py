@@ -3,13 +3,16 @@
 Not thread-safe on its own: the round engine calls it under its lock. Every state change is
 written to the journal, so a restarted aggregator knows its silos (and presumes the ones that
 were online alive until a heartbeat timeout passes without a call).
+
+Liveness runs on the monotonic clock (`last_seen`); the journal's `last_seen` column is a
+wall-clock record, never read back for a decision.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
+from aggregator.clocks import Clocks
 from aggregator.config import ServerConfig
 from aggregator.store import Store
 from photon.errors import NotAuthorized
@@ -20,11 +23,12 @@ log = get_logger("aggregator.membership")
 
 
 class Membership:
-    def __init__(self, store: Store, clock: Callable[[], float], server: ServerConfig) -> None:
-        self.store, self.clock, self.server = store, clock, server
+    def __init__(self, store: Store, clocks: Clocks, server: ServerConfig) -> None:
+        self.store, self.clocks, self.server = store, clocks, server
         self.state: dict[str, str] = {}
+        #: Monotonic time of each silo's last call.
         self.last_seen: dict[str, float] = {}
-        now = clock()
+        now = clocks.mono()
         for silo in store.silos():
             # After a restart a silo that was online is presumed alive for one heartbeat
             # timeout (mark_lost decides then): marking it lost at once would let a restarted
@@ -40,7 +44,7 @@ class Membership:
 
     def join(self, silo: str, num_train_tokens: int, agent_version: str = "") -> None:
         self.authorize(silo)
-        self.store.upsert_silo(silo, self.clock(), "online", num_train_tokens)
+        self.store.upsert_silo(silo, self.clocks.wall(), "online", num_train_tokens)
         self.state[silo] = "joining"  # a new Join revives a silo that had left
         self.touch(silo)
         log.info(
@@ -55,24 +59,24 @@ class Membership:
         _check_name(silo)  # a journal from before names were checked may hold a bad one
         if silo not in self.state:
             raise NotAuthorized(f"silo {silo!r} has not joined; call Join first", silo=silo)
-        self.last_seen[silo] = self.clock()
+        self.last_seen[silo] = self.clocks.mono()
         if self.state[silo] == "left":
             return  # a straggling heartbeat after Leave does not bring it back
         if self.state[silo] != "online":
             if self.state[silo] == "lost":
                 log.info("silo_back", silo=silo)
             self.state[silo] = "online"
-            self.store.set_silo_state(silo, "online", self.last_seen[silo])
+            self.store.set_silo_state(silo, "online", self.clocks.wall())
 
     def leave(self, silo: str, reason: str) -> None:
         self.touch(silo)
         self.state[silo] = "left"
-        self.store.set_silo_state(silo, "left", self.clock())
+        self.store.set_silo_state(silo, "left", self.clocks.wall())
         log.info("silo_left", silo=silo, reason=reason)
 
     def mark_lost(self, timeout_s: float) -> list[str]:
         """Silos silent for longer than `timeout_s` become lost; returns them."""
-        limit = self.clock() - timeout_s
+        limit = self.clocks.mono() - timeout_s
         lost = [
             s
             for s, st in sorted(self.state.items())
@@ -99,7 +103,7 @@ class Membership:
         return any(st == "online" for st in self.state.values())
 
     def snapshot(self) -> list[dict[str, Any]]:
-        now = self.clock()
+        now = self.clocks.mono()
         return [
             {"silo": s, "state": st, "last_seen_s_ago": round(now - self.last_seen.get(s, now), 1)}
             for s, st in sorted(self.state.items())

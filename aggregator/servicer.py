@@ -23,6 +23,7 @@ from aggregator.limits import Limits
 from aggregator.metrics import AggregatorMetrics
 from bandwidth.chunking import iter_file_chunks
 from photon import errors
+from photon.diskspace import as_disk_full, is_disk_full
 from photon.faults import crash_point
 from photon.logs import get_logger
 from photon.update import UpdateRecord
@@ -55,6 +56,8 @@ def status_for(exc: errors.PhotonError) -> grpc.StatusCode:
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> NoReturn:
+    if not isinstance(exc, errors.PhotonError) and is_disk_full(exc):
+        exc = as_disk_full(exc, f"serving {method}")  # RESOURCE_EXHAUSTED, not INTERNAL
     if isinstance(exc, errors.PhotonError):
         code = status_for(exc)
         log.warning("rpc_refused", method=method, code=code.name, error=str(exc), **exc.context())

@@ -200,6 +200,23 @@ class Store:
                 (closed_at, outcome, round_),
             )
 
+    def reopen_round(self, round_: int) -> None:
+        """Mark a closed round open again (its version's checkpoint was found corrupt)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE rounds SET closed_at = NULL, outcome = NULL WHERE round = ?", (round_,)
+            )
+
+    def delete_round(self, round_: int) -> None:
+        """Forget a round opened on a version that no longer exists (and its updates)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM updates WHERE round = ?", (round_,))
+            db.execute("DELETE FROM rounds WHERE round = ?", (round_,))
+
+    def get_round(self, round_: int) -> RoundRow | None:
+        rows = self._query("SELECT * FROM rounds WHERE round = ?", (round_,))
+        return _round_row(rows[0]) if rows else None
+
     def rounds(self) -> list[RoundRow]:
         return [_round_row(r) for r in self._query("SELECT * FROM rounds ORDER BY round")]
 
@@ -215,6 +232,11 @@ class Store:
         with self._tx() as db:
             cur = db.execute(_INSERT_UPDATE, values)
             return cur.rowcount == 1
+
+    def drop_update(self, round_: int, silo_id: str) -> None:
+        """Remove an accepted update whose bytes were lost or corrupted; the silo may resend."""
+        with self._tx() as db:
+            db.execute("DELETE FROM updates WHERE round = ? AND silo_id = ?", (round_, silo_id))
 
     def updates(self, round_: int) -> list[UpdateRow]:
         return [_update_row(r) for r in self._query(_SELECT_UPDATES, (round_, round_))]

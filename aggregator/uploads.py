@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aggregator.limits import UploadQuota
 from bandwidth.chunking import PartialFile, sha256_file
+from photon.diskspace import as_disk_full, is_disk_full
 from photon.errors import ChunkIntegrityError, NotAuthorized, ResumeMismatch, UpdateRejected
 from photon.logs import get_logger
 from photon.names import PathEscape, path_inside, silo_name_problem
@@ -139,13 +140,13 @@ class UploadSession:
             self._check_usable()
             if self.partial is None:
                 return False
-            with self._consistent(OSError):
+            with self._consistent(OSError), self._disk_full_resumes():
                 return bool(self.partial.write_chunk(offset, data, crc32))
 
     def sync(self) -> None:
         with self._lock:
             if self.partial is not None:
-                with self._consistent(OSError):
+                with self._consistent(OSError), self._disk_full_resumes():
                     self.partial.sync()
 
     def finalize(self) -> Path:
@@ -153,8 +154,35 @@ class UploadSession:
             self._check_usable()
             if self.partial is None:
                 return self.final
-            with self._consistent(OSError, ChunkIntegrityError):
+            with self._consistent(OSError, ChunkIntegrityError), self._disk_full_resumes():
                 return Path(self.partial.finalize())
+
+    @contextmanager
+    def _disk_full_resumes(self) -> Iterator[None]:
+        """A full disk refuses the write (DiskFull); the session restarts from what is on
+        disk, so the silo's next stream resumes at a consistent committed offset."""
+        try:
+            yield
+        except OSError as exc:
+            if not is_disk_full(exc) or self.partial is None:
+                raise
+            self.partial.abandon()
+            self.partial = PartialFile(
+                self.final,
+                size=self.update.size,
+                digest=self.update.digest,
+                transfer_id=self.update.transfer_id,
+            )
+            log.warning(
+                "upload_refused_disk_full",
+                silo=self.silo,
+                round=self.update.round,
+                transfer_id=self.update.transfer_id,
+                committed=self.partial.received,
+            )
+            raise as_disk_full(
+                exc, "receiving an update", silo=self.silo, round=self.update.round
+            ) from exc
 
 
 class UploadRegistry:

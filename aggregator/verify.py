@@ -35,6 +35,7 @@ class UpdateVerifier:
         audit: AuditLog,
     ) -> None:
         self.server, self.spec, self.model, self.audit = server, spec, model, audit
+        self.store = store
         num_params = sum(math.prod(shape) for shape in model.shapes.values())
         self.bounds = UpdateBounds.of(server, spec, num_params)
         norms = [u.norm for u in store.all_updates() if u.norm is not None]
@@ -55,6 +56,12 @@ class UpdateVerifier:
             self.record(silo, update, "rejected", str(exc))
             raise
         return norm
+
+    def reconcile(self) -> None:
+        """Write the audit line of any journaled update that lacks one (a full disk can refuse
+        the line after the journal row was committed)."""
+        entries, _ = read_audit(self.audit.path)
+        self._reconcile(self.store, entries)
 
     def _reconcile(self, store: Store, entries: list[dict[str, object]]) -> None:
         """The journal is the commit point and the audit line follows it; a crash between the

@@ -18,6 +18,7 @@ hashes as it goes, and on `finalize()` checks the size and the SHA-256 digest of
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -263,6 +264,16 @@ class PartialFile:
         """Sync and close without finalizing; a later `PartialFile` resumes from here."""
         if not self._fh.closed:
             self.sync()
+            self._fh.close()
+
+    def abandon(self) -> None:
+        """Close after a failed write (a full disk), without syncing and ignoring errors.
+
+        What reached the file is a prefix of the object (chunks are appended in order), so a
+        new `PartialFile` on the same path resumes from exactly what is on disk; this one's
+        counters, which may include bytes that never got there, are dropped with it.
+        """
+        with contextlib.suppress(OSError):
             self._fh.close()
 
     def finalize(self) -> Path:

@@ -13,6 +13,7 @@
     ├── AlreadyAccepted              this silo's update for the round is already in the journal
     ├── RoundClosed                  an update or task refers to a round that is no longer open
     ├── ResourceExhausted            a limit (transfers, request rate) refuses the call for now
+    │   └── DiskFull                 the disk under the state directory is full (ENOSPC, EDQUOT)
     ├── NotAuthorized                a peer's identity is not allowed to do what it asked
     └── DaemonFailed                 a daemon's own loop failed; the process must exit non-zero
 
@@ -108,6 +109,11 @@ class RoundClosed(PhotonError):
 
 class ResourceExhausted(PhotonError):
     """A resource limit refuses this call for now; the caller should back off and retry."""
+
+
+class DiskFull(ResourceExhausted):
+    """A write failed because the filesystem is full or over quota; nothing was half-recorded,
+    and the same call succeeds once space returns."""
 
 
 class NotAuthorized(PhotonError):

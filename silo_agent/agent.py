@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import grpc
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -33,7 +34,7 @@ from photon.trainer import TrainStats
 from photon.update import UpdateRecord
 from photon.v1 import federation_pb2 as pb
 from silo_agent.backend import RoundTrainer, TrainingBackend, trainer_config
-from silo_agent.client import AggregatorClient
+from silo_agent.client import AggregatorClient, status_of
 from silo_agent.config import SiloConfig
 from silo_agent.deadline import log_train_task
 from silo_agent.heartbeat import Heartbeat
@@ -97,10 +98,8 @@ class SiloAgent:
     def _loop(self) -> int:
         while not self.stop.is_set():
             task = self.client.get_task(self.state.held_version())
-            if task.kind == pb.Task.TRAIN:
-                self._train_round(task)
-            elif task.kind == pb.Task.EVAL:
-                self._final_eval(task)
+            if task.kind in (pb.Task.TRAIN, pb.Task.EVAL):
+                self._work_on(task)
             elif task.kind == pb.Task.DONE:
                 log.info("federation_done", message=task.message)
                 self.heartbeat.stop()
@@ -111,6 +110,24 @@ class SiloAgent:
                 self.stop.wait(max(0.2, min(task.retry_after_s or 1.0, 5.0)))
         self.client.leave("stopped")
         return 0
+
+    def _work_on(self, task: pb.Task) -> None:
+        """Train or evaluate. A version the aggregator no longer has (NOT_FOUND: it restarted
+        from an older checkpoint after finding the newest corrupt) withdraws the task: the
+        next GetTask says what to do instead. A task based on a version older than the one
+        held means the aggregator went back: the held newer versions are stale."""
+        dropped = self.state.forget_globals_after(task.base_version)
+        if dropped:
+            log.warning("global_discarded", versions=dropped, task_version=task.base_version)
+        try:
+            if task.kind == pb.Task.TRAIN:
+                self._train_round(task)
+            else:
+                self._final_eval(task)
+        except grpc.RpcError as exc:
+            if status_of(exc) != grpc.StatusCode.NOT_FOUND:
+                raise
+            log.warning("task_withdrawn", round=task.round, version=task.base_version)
 
     # -- one round ----------------------------------------------------------------------------
     def _train_round(self, task: pb.Task) -> None:

@@ -69,6 +69,16 @@ class SiloState:
             if old != path:
                 old.unlink(missing_ok=True)
 
+    def forget_globals_after(self, version: int) -> list[int]:
+        """Delete held global versions above `version` (the aggregator went back to an older
+        checkpoint, so those numbers will name other parameters); return them."""
+        dropped = []
+        for path in self.root.glob("global/v*.safetensors"):
+            if int(path.stem[1:]) > version:
+                path.unlink(missing_ok=True)
+                dropped.append(int(path.stem[1:]))
+        return sorted(dropped)
+
     def _global_path(self, version: int) -> Path:
         return self.root / "global" / f"v{version:06d}.safetensors"
 

@@ -204,7 +204,13 @@ def _download_once(
         metadata=client.metadata,
         timeout=DOWNLOAD_DEADLINE_S,
     )
-    first = next(stream)
+    try:
+        first = next(stream)
+    except grpc.RpcError as exc:
+        if offset and status_of(exc) == grpc.StatusCode.OUT_OF_RANGE:  # a smaller object now
+            _forget_download(dest)
+            raise TransferError("download object changed; restarting", offset=offset) from exc
+        raise
     if first.WhichOneof("body") != "header":
         raise ChunkIntegrityError("Download stream did not start with a header")
     h = first.header

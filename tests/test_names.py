@@ -134,12 +134,15 @@ def test_spool_paths_are_built_from_valid_names_only(tmp_path: Path) -> None:
 
 def test_a_reserved_name_already_in_the_journal_cannot_act(tmp_path: Path) -> None:
     """A journal written before names were checked may list `aggregator` as a member."""
+    from aggregator.clocks import Clocks
     from aggregator.config import ServerConfig
     from aggregator.store import Store
 
     store = Store(tmp_path / "journal.sqlite")
     store.upsert_silo("aggregator", 0.0, "online", 1)
-    members = Membership(store, lambda: 1.0, ServerConfig(state_dir=tmp_path, insecure=True))
+    members = Membership(
+        store, Clocks.single(lambda: 1.0), ServerConfig(state_dir=tmp_path, insecure=True)
+    )
     with pytest.raises(NotAuthorized, match="reserved"):
         members.touch("aggregator")
     with pytest.raises(NotAuthorized, match="reserved"):
