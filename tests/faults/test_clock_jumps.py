@@ -42,7 +42,7 @@ def engine_on(
     tmp_path: Path, t: SteppedClocks, model: FakeModel, store: Store | None = None
 ) -> tuple[RoundEngine, Store]:
     cfg = AggregatorConfig(
-        server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[]),
+        server=ServerConfig(state_dir=tmp_path, insecure=True, allowlist=[], update_norm_bound=0),
         rounds=RoundsConfig(
             min_silos=2,
             quorum=0.5,
