@@ -12,6 +12,7 @@ time, an update claiming 2^62 tokens and one whose values overflow fp32 sums. Ru
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import resource
@@ -35,6 +36,7 @@ TCP_CONNECTIONS = 1100
 HEADERLESS_STREAMS = 40
 LONG_POLLS_PER_S = 6.0
 ABANDONED_UPLOADS = 1000
+POISON_TRIES = 40
 
 
 @dataclass(slots=True)
@@ -114,20 +116,42 @@ class Hostile:
 
     # -- attacks for a round this member was selected for --------------------------------------
     def when_selected(self, task: Any) -> None:
-        self.poison("poison_weight", task, self.blob, tokens=2**62 - 1)
-        self.poison("poison_overflow", task, self.overflow, tokens=100)
-        threading.Thread(target=self.trickle, args=(task,), daemon=True).start()
+        """Every attack that needs a selection, at once."""
+        attacks: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
+            (self.poison, ("poison_weight", task, self.blob, 2**62 - 1)),
+            (self.poison, ("poison_overflow", task, self.overflow, 100)),
+            (self.trickle, (task,)),
+            (self.abandon, (task,)),
+        ]
+        for target, args in attacks:
+            threading.Thread(target=target, args=args, daemon=True).start()
+
+    def abandon(self, task: Any) -> None:
+        """Uploads under fresh transfer ids, each abandoned after its first kilobyte."""
         for i in range(ABANDONED_UPLOADS):
             if self.stop.is_set():
                 break
-            first = self.blob[:1024]
             header = self._header(task, self.blob, f"abandon-{task.round}-{i}", tokens=100)
-            self._try("abandoned_uploads", lambda h=header, f=first: self._send(h, [f]))
+            self._try(
+                "abandoned_uploads", functools.partial(self._send, header, [self.blob[:1024]])
+            )
 
-    def poison(self, attack: str, task: Any, blob: bytes, *, tokens: int) -> None:
+    def poison(self, attack: str, task: Any, blob: bytes, tokens: int) -> None:
+        """Send a poisoned update, retrying while this member's own slots are taken (by its
+        other attacks) until the aggregator actually judges it."""
         header = self._header(task, blob, f"{attack}-{task.round}", tokens=tokens)
         chunks = [blob[i : i + 1024 * 1024] for i in range(0, len(blob), 1024 * 1024)]
-        self._try(attack, lambda: self._send(header, chunks))
+        for _ in range(POISON_TRIES):
+            try:
+                self.tally.add(attack, str(self._send(header, chunks)))
+                return
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self.tally.add(attack, exc.code().name)
+                    return
+            if self.stop.wait(5.0):
+                break
+        self.tally.add(attack, "never_judged")
 
     def trickle(self, task: Any) -> None:
         """Header, then one byte every ten seconds (a slow-loris that is never idle long)."""

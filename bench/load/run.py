@@ -88,7 +88,9 @@ def make_launcher(root: Path, plan: Plan, names: list[str]) -> Launcher:
     cfg = aggregator_config(root)
     cfg.rounds.min_silos = plan.per_round
     cfg.rounds.silos_per_round = plan.per_round
-    cfg.rounds.deadline_s = 180.0
+    # A selected member that never delivers must not stall the federation: the round closes at
+    # its deadline with the quorum it has (with quorum 1.0 it would wait for the attacker).
+    cfg.rounds.deadline_s, cfg.rounds.quorum = 150.0, 0.9
     spec = cfg.federation
     spec.rounds, spec.local_steps = plan.rounds, plan.local_steps
     spec.training.batch_size, spec.training.seq_len = plan.batch_size, plan.seq_len

@@ -88,14 +88,17 @@ class SimSilo:
             elif task.kind == pb.Task.TRAIN:
                 self._train(task)
             elif task.kind == pb.Task.EVAL:
-                report = pb.EvalReport(version=task.base_version, loss=2.0, tokens=100)
-                self.unary("ReportEval", lambda r=report: self.stub.ReportEval(r, timeout=30))
+                self._report_eval(task)
             elif task.kind == pb.Task.DONE:
                 break
             else:
                 self.stop.wait(min(task.retry_after_s or 1.0, 1.0))
         self.unary("Leave", lambda: self.stub.Leave(pb.LeaveRequest(reason="bench"), timeout=30))
         self.channel.close()
+
+    def _report_eval(self, task: Any) -> None:
+        report = pb.EvalReport(version=task.base_version, loss=2.0, tokens=100)
+        self.unary("ReportEval", lambda: self.stub.ReportEval(report, timeout=30))
 
     def _heartbeat_if_due(self) -> None:
         now = time.monotonic()
