@@ -188,14 +188,14 @@ class SiloAgent:
         self,
         task: pb.Task,
         trainer: RoundTrainer,
-        params: Mapping[str, torch.Tensor],
+        params: dict[str, torch.Tensor],
         stats: TrainStats,
         base_eval: float,
         seconds: float,
     ) -> PendingUpdate:
         """Encode the delta (with error feedback) and commit the round's local work: the encoded
         update, the trainer state and the feedback residual, then one record naming them all."""
-        delta = self._local_delta(params)
+        delta = self.backend.local_delta(params)  # params become the delta under fsdp
         trainer_dir = self.state.new_trainer_dir(task.round)
         feedback = self._feedback()
         compensated = feedback.compensate(delta) if feedback is not None else delta
@@ -207,11 +207,6 @@ class SiloAgent:
         self.state.commit_round(task.round, trainer_dir, pending)
         crash_point("silo.round_committed")
         return pending
-
-    def _local_delta(self, params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """θ_local − θ_global in fp32 on the CPU, in name order."""
-        local = self.model.state_dict()
-        return {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
 
     def _write_update(self, round_: int, delta: Mapping[str, torch.Tensor]) -> ObjectInfo:
         """The round's update, encoded with the federation's codec into its pending file."""

@@ -7,7 +7,8 @@ The agent owns the federation (join, tasks, transfers, commits); a `TrainingBack
 round's local steps run: it is started once the agent knows the federation, builds each round's
 trainer from the global parameters (restored from the last committed trainer state), and is
 finished when the agent leaves. The trainer it returns runs the round's steps and saves its
-state into the folder the agent commits.
+state into the folder the agent commits; after the steps the backend gives the round's delta
+(θ_local − θ_global), which the agent encodes.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from photon.model import LlamaModel
 from photon.trainer import Trainer, TrainerConfig, TrainStats
 from photon.v1 import federation_pb2 as pb
 from silo_agent.config import SiloConfig
+
+
+def model_delta(
+    model: torch.nn.Module, params: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """θ_local − θ_global in fp32 on the CPU, in name order: `model`'s weights minus `params`."""
+    local = model.state_dict()
+    return {k: local[k].detach().float().cpu() - params[k] for k in sorted(params)}
 
 
 def trainer_config(spec: FederationSpec, cfg: SiloConfig) -> TrainerConfig:
@@ -66,6 +75,12 @@ class TrainingBackend(Protocol):
         """The trainer of `task`'s round: the model set to `params`, its state from `restore`."""
         ...
 
+    def local_delta(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """After the round's steps: θ_local − θ_global in fp32 on the CPU, in name order, from
+        the round's global `params`, which it may turn into the delta in place (the caller
+        must not use them afterwards)."""
+        ...
+
     def finish(self, code: int) -> None:
         """Called once after leaving the federation with the agent's exit code."""
         ...
@@ -96,6 +111,9 @@ class LocalBackend:
         if self.tcfg.reset_optimizer:
             trainer.begin_round()
         return trainer
+
+    def local_delta(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return model_delta(self.model, params)
 
     def finish(self, code: int) -> None:
         """Nothing to stop: training ran in this process."""

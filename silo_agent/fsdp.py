@@ -13,9 +13,11 @@ How this fits the rank group of `silo_agent/distributed.py` (which does the talk
   each round rank 0's global parameters reach the shards tensor by tensor
   (`set_model_state_dict(broadcast_from_rank0=True)`).
 - After the local steps the ranks gather the trained parameters one tensor at a time
-  (`DTensor.full_tensor()`); rank 0 copies each into the agent's own plain model on the host,
-  from which the agent encodes the delta as in every silo. No rank ever holds a gathered state
-  dict, and no GPU a whole model.
+  (`DTensor.full_tensor()`); rank 0 subtracts the global tensor from each at once, in place, so
+  its global parameters become the delta the agent encodes (`gather_delta`). Rank 0's host
+  holds the global parameters (then the delta) and one gathered tensor: no rank ever holds a
+  gathered state dict, and no GPU a whole model. The agent's own plain model on rank 0 serves
+  its evaluations only; training never writes it.
 - The committed trainer state `trainer/r<R>/` holds the sharded optimizer state written with
   `torch.distributed.checkpoint` (`optimizer/`: one file per rank plus `.metadata`) and each
   rank's data cursor and RNG (`rank<k>/`). The parameters are not saved there: a round starts
@@ -50,14 +52,8 @@ from photon.federation import FederationSpec
 from photon.fsutil import atomic_write_bytes, atomic_write_with
 from photon.model import LlamaModel, ModelConfig, rope_inv_freq
 from photon.trainer import Trainer, TrainerConfig, TrainStats
-from silo_agent.distributed import (
-    SHARDED_OPTIMIZER,
-    RankGroup,
-    RankLoader,
-    TrainingFactory,
-    group_stats,
-    rank_dir,
-)
+from silo_agent.distributed import TrainingFactory
+from silo_agent.ranks import SHARDED_OPTIMIZER, RankGroup, RankLoader, group_stats, rank_dir
 
 #: Each rank's data cursor and format marker, in `rank<k>/`.
 CURSOR_FILE = "cursor.json"
@@ -103,34 +99,34 @@ def load_full(model: LlamaModel, params: Mapping[str, torch.Tensor] | None) -> N
 
 
 @torch.no_grad()
-def gather_full(model: LlamaModel, into: LlamaModel | None) -> None:
-    """Assemble the sharded `model`'s parameters one at a time and, where `into` is given (rank
-    0's plain model), copy each into it. Every rank must call it (each gather is collective)."""
-    target = dict(into.named_parameters()) if into is not None else {}
-    for name, param in model.named_parameters():
-        shard = param if isinstance(param, DTensor) else None
-        if shard is None:
+def gather_delta(
+    model: LlamaModel, params: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor] | None:
+    """θ_local − θ_global in fp32 on the CPU, in name order, made in rank 0's global `params`
+    (None on the other ranks): each trained parameter of the sharded `model` is assembled in
+    turn and at once subtracted into its global tensor, in place, then freed. Every rank must
+    call it (each gather is collective, all in the model's order)."""
+    named = list(model.named_parameters(remove_duplicate=False))
+    if params is not None and sorted(n for n, _ in named) != sorted(params):
+        raise DataError("the global parameters do not name the FSDP model's parameters")
+    for name, param in named:
+        if not isinstance(param, DTensor):
             raise DataError(f"parameter {name} of the FSDP model is not sharded")
-        full = shard.full_tensor()
-        if into is not None:
-            target[name].copy_(full)
+        full = param.full_tensor()
+        if params is not None:
+            torch.sub(full.float().cpu(), params[name], out=params[name])
         del full
+    return None if params is None else {k: params[k] for k in sorted(params)}
 
 
 class ShardedTrainer(Trainer):
-    """The shared AdamW loop on a sharded model. Its state is saved with DCP; after its steps
-    it assembles the trained parameters into rank 0's plain model (`full`)."""
+    """The shared AdamW loop on a sharded model; its state is saved with DCP."""
 
     def __init__(
-        self,
-        model: LlamaModel,
-        cfg: TrainerConfig,
-        loader: RankLoader,
-        group: RankGroup,
-        full: LlamaModel | None,
+        self, model: LlamaModel, cfg: TrainerConfig, loader: RankLoader, group: RankGroup
     ) -> None:
         super().__init__(model, cfg, loader)
-        self.group, self.full, self.rank_loader = group, full, loader
+        self.group, self.rank_loader = group, loader
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """No autocast: on CUDA the sharding's MixedPrecisionPolicy computes in bf16."""
@@ -139,9 +135,7 @@ class ShardedTrainer(Trainer):
     def train(
         self, steps: int, global_step: int, on_step: Callable[[int, float], None] | None = None
     ) -> TrainStats:
-        local = super().train(steps, global_step, on_step)
-        gather_full(self.model, self.full)
-        return group_stats(self.group, local)
+        return group_stats(self.group, super().train(steps, global_step, on_step))
 
     def save_state(self, directory: Path | None = None) -> None:
         """The sharded optimizer state into `<rank 0's directory>/optimizer` (DCP, written by
@@ -177,8 +171,7 @@ class ShardedTrainer(Trainer):
 
 
 class ShardedTraining:
-    """What every rank keeps across rounds under FSDP: its shard of the model, its data, and on
-    rank 0 the agent's plain model that receives the trained parameters."""
+    """What every rank keeps across rounds under FSDP: its shard of the model and its data."""
 
     def __init__(
         self,
@@ -186,12 +179,10 @@ class ShardedTraining:
         spec: FederationSpec,
         tcfg: TrainerConfig,
         shards: TokenShards,
-        full: LlamaModel | None,
         *,
         activation_checkpointing: bool = False,
     ) -> None:
         self.group, self.tcfg, self.shards, self.seed = group, tcfg, shards, spec.seed
-        self.full = full if group.rank == 0 else None
         cfg = ModelConfig.from_dict(spec.model)
         self.model = shard_model(cfg, group, activation_checkpointing=activation_checkpointing)
 
@@ -210,16 +201,23 @@ class ShardedTraining:
             seq_len=self.tcfg.seq_len,
             seed=self.seed,
         )
-        trainer = ShardedTrainer(self.model, self.tcfg, loader, self.group, self.full)
+        trainer = ShardedTrainer(self.model, self.tcfg, loader, self.group)
         if restore is not None:
             trainer.load_state(restore)
         if self.tcfg.reset_optimizer:
             trainer.begin_round()
         return trainer
 
+    def local_delta(self, params: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        """After the round's steps, on every rank: rank 0's `params` turned into the delta."""
+        if self.group.rank == 0 and params is None:
+            raise ValueError("rank 0 must give the round's parameters")
+        return gather_delta(self.model, params if self.group.rank == 0 else None)
+
 
 def fsdp_training(*, activation_checkpointing: bool) -> TrainingFactory:
-    """The `parallelism = "fsdp"` factory for `run_distributed`."""
+    """The `parallelism = "fsdp"` factory for `run_distributed` (rank 0's agent model is not
+    used: the delta is made from the global parameters)."""
 
     def build(
         group: RankGroup,
@@ -229,7 +227,7 @@ def fsdp_training(*, activation_checkpointing: bool) -> TrainingFactory:
         model: LlamaModel | None,
     ) -> ShardedTraining:
         return ShardedTraining(
-            group, spec, tcfg, shards, model, activation_checkpointing=activation_checkpointing
+            group, spec, tcfg, shards, activation_checkpointing=activation_checkpointing
         )
 
     return build

@@ -26,13 +26,8 @@ from photon.tokenizer import ByteTokenizer
 from photon.trainer import Trainer, TrainerConfig
 from photon.v1 import federation_pb2 as pb
 from silo_agent.backend import LocalBackend, TrainingBackend
-from silo_agent.distributed import (
-    RankGroup,
-    RankGroupBackend,
-    RankLoader,
-    RankTraining,
-    init_group,
-)
+from silo_agent.distributed import RankGroupBackend, RankTraining
+from silo_agent.ranks import RankGroup, RankLoader, init_group
 from tests.harness import free_port, make_federation, wait_for, write_corpus
 
 pytestmark = pytest.mark.skipif(

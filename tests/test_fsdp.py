@@ -36,8 +36,9 @@ from photon.trainer import Trainer
 from photon.v1 import federation_pb2 as pb
 from silo_agent.backend import LocalBackend
 from silo_agent.config import SiloSection
-from silo_agent.distributed import RankGroup, RankGroupBackend, init_group
+from silo_agent.distributed import RankGroupBackend
 from silo_agent.fsdp import ShardedTraining, fsdp_training, mixed_precision
+from silo_agent.ranks import RankGroup, init_group
 from tests.harness import free_port, make_federation, write_corpus
 from tests.test_distributed import (
     MODEL,
@@ -95,24 +96,36 @@ def _parity_worker(rank: int, port: int, shards_dir: str, out: str, checkpointin
     torch.set_num_threads(1)
     group = init_group("cpu", env)
     try:
-        full = build_model(MODEL, seed=3) if rank == 0 else None  # overwritten by the gather
         start = params_of(build_model(MODEL, seed=0)) if rank == 0 else None
         training = ShardedTraining(
-            group, SPEC, TCFG, TokenShards(Path(shards_dir)), full,
+            group, SPEC, TCFG, TokenShards(Path(shards_dir)),
             activation_checkpointing=checkpointing,
         )  # fmt: skip
         mlp_calls = _count_calls(cast(nn.Module, training.model.model.layers[0].mlp))
         first = training.trainer(None, start)
         stats = first.train(3, global_step=0)
         assert len(mlp_calls) == 3 * (2 if checkpointing else 1), "recomputed iff checkpointing"
+        trained = _applied(training, start)
         first.save_state(Path(out) / "state" if rank == 0 else None)
         # the next round starts from where this one ended, its moments restored by DCP
-        training.trainer(Path(out) / "state", None if full is None else params_of(full)).train(2, 3)
-        if full is not None:
-            save_file(params_of(full), str(Path(out) / "rank0.safetensors"))
+        training.trainer(Path(out) / "state", trained).train(2, 3)
+        ended = _applied(training, trained)
+        if ended is not None:
+            save_file(ended, str(Path(out) / "rank0.safetensors"))
             (Path(out) / "rank0.json").write_text(json.dumps({"tokens": stats.tokens}))
     finally:
         dist.destroy_process_group()
+
+
+def _applied(
+    training: ShardedTraining, params: dict[str, torch.Tensor] | None
+) -> dict[str, torch.Tensor] | None:
+    """The trained parameters on rank 0 (`params` plus the round's delta), None elsewhere."""
+    given = None if params is None else {k: v.clone() for k, v in params.items()}
+    delta = training.local_delta(given)
+    if params is None or delta is None:
+        return None
+    return {k: params[k] + delta[k] for k in params}
 
 
 def _count_calls(module: torch.nn.Module) -> list[int]:
@@ -165,29 +178,41 @@ def group_of_one(monkeypatch: pytest.MonkeyPatch) -> Iterator[RankGroup]:
         dist.destroy_process_group()
 
 
-def _two_rounds(backend: Any, model: LlamaModel, shards: TokenShards, folder: Path) -> None:
-    """What the agent does with a backend: start, a round, commit its state, a restored round."""
+def _two_rounds(
+    backend: Any, model: LlamaModel, shards: TokenShards, folder: Path
+) -> list[dict[str, torch.Tensor]]:
+    """What the agent does with a backend: start, a round, its delta, commit its state, a
+    restored round from the global model plus that delta, its delta. The two deltas."""
     backend.start(SPEC, model, TCFG, shards)
     first = pb.Task(kind=pb.Task.TRAIN, round=0, local_steps=3, global_step=0)
-    trainer = backend.trainer(first, params_of(build_model(MODEL, seed=0)), None)
+    start = params_of(build_model(MODEL, seed=0))
+    trainer = backend.trainer(first, start, None)
     trainer.train(first.local_steps, first.global_step)
+    deltas = [backend.local_delta(start)]  # under FSDP `start` itself becomes the delta
     folder.mkdir()
     trainer.save_state(folder)
     second = pb.Task(kind=pb.Task.TRAIN, round=1, local_steps=2, global_step=3)
-    backend.trainer(second, params_of(model), folder).train(2, 3)
+    base = params_of(build_model(MODEL, seed=0))
+    params = {k: base[k] + d for k, d in deltas[0].items()}
+    backend.trainer(second, params, folder).train(2, 3)
+    deltas.append(backend.local_delta(params))
     backend.finish(0)
+    return deltas
 
 
 def test_fsdp_backend_of_one_process_trains_bit_identically_to_the_local_one(
     shards_dir: Path, group_of_one: RankGroup, tmp_path: Path
 ) -> None:
     shards = TokenShards(shards_dir)
-    local, sharded = build_model(MODEL, seed=1), build_model(MODEL, seed=1)
-    _two_rounds(LocalBackend(), local, shards, tmp_path / "local")
+    local = build_model(MODEL, seed=1)
+    want = _two_rounds(LocalBackend(), local, shards, tmp_path / "local")
     fsdp = RankGroupBackend(group_of_one, fsdp_training(activation_checkpointing=False))
-    _two_rounds(fsdp, sharded, shards, tmp_path / "fsdp")
-    for key, want in params_of(local).items():
-        torch.testing.assert_close(params_of(sharded)[key], want, rtol=0, atol=0)
+    got = _two_rounds(fsdp, build_model(MODEL, seed=1), shards, tmp_path / "fsdp")
+    assert all(bool(d.abs().max() > 0) for d in want[1].values()), "it trained"
+    for round_ in (0, 1):
+        assert list(got[round_]) == list(want[round_]) == sorted(want[round_]), "name order"
+        for key, value in want[round_].items():
+            torch.testing.assert_close(got[round_][key], value, rtol=0, atol=0)
     ddp = RankGroupBackend(group_of_one)
     ddp.start(SPEC, build_model(MODEL, seed=1), TCFG, shards)
     task = pb.Task(kind=pb.Task.TRAIN, round=1, local_steps=2, global_step=3)
