@@ -29,9 +29,11 @@ Activations, saved for backward (bytes; counted from what autograd keeps in `pho
         the residual stream and norms stay fp32 (2 × (4 + 4 + 2) bsd), the rest is bf16
     head: final norm (12 or 10 × bsd) + logits and log-probabilities (fp32: 12·b·s·V, with
         the logits' gradient; bf16-mixed: 14·b·s·V, the logits are cast up to fp32 for the loss)
+    backward: while it runs through a layer, the gradients of that layer's saved tensors
+        exist too: one more layer's worth, so L + 1 layers + head in all
     with activation checkpointing (per decoder layer): each layer keeps only its input
         (4·b·s·d, the fp32 residual stream) and one layer's activations exist at a time while
-        it is recomputed: L × 4·b·s·d + one layer + head.
+        it is recomputed, plus backward's gradients: L × 4·b·s·d + 2 layers + head.
 
 Allowance: `overhead_gib` fixed (CUDA context, cuBLAS and NCCL workspaces; default 1 GiB)
 plus `fragmentation` (default 10%) of everything above, for the caching allocator and the
@@ -151,9 +153,10 @@ def activation_bytes(
     layer = tokens * (per_d * cfg.dim + per_f * cfg.ffn_hidden)
     head_d, head_v = _HEAD_BYTES[precision]
     head = tokens * (head_d * cfg.dim + head_v * cfg.vocab_size)
+    # backward holds the gradients of one layer's saved tensors while it runs through it
     if checkpointing:
-        return cfg.n_layers * tokens * _CKPT_INPUT_BYTES * cfg.dim + layer + head
-    return cfg.n_layers * layer + head
+        return cfg.n_layers * tokens * _CKPT_INPUT_BYTES * cfg.dim + 2 * layer + head
+    return cfg.n_layers * layer + layer + head
 
 
 def _state_bytes(
@@ -165,7 +168,12 @@ def _state_bytes(
         gather = 2 if shape.precision == "bf16-mixed" else PARAM_BYTES
         unit = largest_unit(cfg)
         buffers = 2 * unit * gather + unit * GRAD_BYTES
-        return _ceil(p * PARAM_BYTES, g), _ceil(p * GRAD_BYTES, g), _ceil(p * ADAMW_BYTES, g), buffers
+        return (
+            _ceil(p * PARAM_BYTES, g),
+            _ceil(p * GRAD_BYTES, g),
+            _ceil(p * ADAMW_BYTES, g),
+            buffers,
+        )
     buckets = p * GRAD_BYTES if g > 1 else 0
     casts = p * 2 if shape.precision == "bf16-mixed" else 0
     return p * PARAM_BYTES, p * GRAD_BYTES, p * ADAMW_BYTES, buckets + casts
@@ -223,8 +231,8 @@ def format_table(shape: PlanShape, planned: dict[str, Any]) -> str:
         f"per-GPU memory, GiB: {shape.gpus} GPU(s) of {shape.gpu_mem_gib:g} GiB, "
         f"{shape.precision}, vocab {shape.vocab_size}, AdamW"
     )
-    cols = ("preset", "params", "b x s", "strategy", "ckpt", "params", "grads", "optim")
-    cols += ("activ", "buffers", "overhead", "total", "fits")
+    cols = ("preset", "params", "b x s", "strategy", "ckpt", "params", "grads", "optim", "activ")
+    cols = (*cols, "buffers", "overhead", "total", "fits")
     lines = [head, "  ".join(f"{c:>8}" for c in cols)]
     for name, entry in planned.items():
         for row in entry["rows"]:
