@@ -231,9 +231,7 @@ def format_table(shape: PlanShape, planned: dict[str, Any]) -> str:
         f"per-GPU memory, GiB: {shape.gpus} GPU(s) of {shape.gpu_mem_gib:g} GiB, "
         f"{shape.precision}, vocab {shape.vocab_size}, AdamW"
     )
-    cols = ("preset", "params", "b x s", "strategy", "ckpt", "params", "grads", "optim", "activ")
-    cols = (*cols, "buffers", "overhead", "total", "fits")
-    lines = [head, "  ".join(f"{c:>8}" for c in cols)]
+    lines = [head, "  ".join(f"{c:>8}" for c in _COLUMNS)]
     for name, entry in planned.items():
         for row in entry["rows"]:
             cells = [name, _count(entry["params"]), f"{entry['batch_size']}x{entry['seq_len']}"]
@@ -244,6 +242,8 @@ def format_table(shape: PlanShape, planned: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_COLUMNS: tuple[str, ...] = ("preset", "params", "b x s", "strategy", "ckpt", "params", "grads")
+_COLUMNS += ("optim", "activ", "buffers", "overhead", "total", "fits")
 _PARTS = ("params", "grads", "optimizer", "activations", "buffers", "overhead", "total")
 
 
