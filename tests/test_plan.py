@@ -14,7 +14,7 @@ from photon.peakmem import PeakCase, measure_training_peak
 from photon.plan import GIB, PlanShape, estimate, plan, plan_presets
 
 #: The estimate (without allowances) against the measured peak RSS of real CPU steps: measured
-#: 1.13-1.19x on the project's machines (docs/institutions.md); this bound catches a missing
+#: 0.96-1.19x on the project's machines (docs/institutions.md); this bound catches a missing
 #: term (activations alone are ~2/3 of tiny's estimate) without flaking on allocator noise.
 MEASURED_OVER_ESTIMATE = (1 / 1.5, 1.5)
 
