@@ -5,8 +5,8 @@
 For each preset, the silo's loop (`bench.trainer.loops.SiloLoop`: the agent's backend, trainer,
 token loader, accounting, heartbeat, metrics and progress) and a bare torch loop on the same
 initial model, batches, AdamW, clip and schedule run in alternating blocks of steps (the order
-flips every block; one warm-up block each is not counted). Each block gives a ratio of the two
-loops' tokens/s; the reported ratio is the median over blocks.
+flips every block; one warm-up block each, at least 2 steps, is not counted). Each block gives
+a ratio of the two loops' tokens/s; the reported ratio is the median over blocks.
 
 Reported per preset: `tokens_per_s_over_bare_loop` (target >= 0.95 on CPU); the same ratio
 measured in CPU time of this process, `tokens_per_cpu_s_over_bare_loop`, which other jobs on
@@ -68,21 +68,33 @@ def speed(block: Block, shards: TokenShards, device: str, threads: int) -> dict[
     tcfg = TrainerConfig.from_spec(
         spec.training, total_steps=spec.total_steps, device=device, seed=spec.seed, threads=threads
     )
-    silo, bare = SiloLoop(spec, tcfg, shards), BareLoop(spec, tcfg, shards)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step, blocks = 0, []
-    for rep in range(block.reps + 1):  # block 0 warms both up and is not counted
+    # the warm-up block: the silo loop alone first (its CUDA peak, AdamW state included, is
+    # measured before the bare loop's model exists), then the bare loop over the same steps
+    warm = max(2, block.steps)
+    cuda_base = _reset_cuda_peak() if device == "cuda" else 0
+    silo = SiloLoop(spec, tcfg, shards)
+    blocks = [{"silo": silo.run(warm, 0)}]
+    peak = torch.cuda.max_memory_allocated() - cuda_base if device == "cuda" else None
+    bare = BareLoop(spec, tcfg, shards)
+    blocks[0]["bare"] = bare.run(warm, 0)
+    step = warm
+    for rep in range(1, block.reps + 1):
         loops: list[tuple[str, SiloLoop | BareLoop]] = [("silo", silo), ("bare", bare)]
         if rep % 2:
             loops.reverse()
-        timed = {name: loop.run(block.steps, step) for name, loop in loops}
+        blocks.append({name: loop.run(block.steps, step) for name, loop in loops})
         step += block.steps
-        blocks.append(timed)
     out = summarize(blocks, block.steps * BATCH * SEQ)
-    if device == "cuda":
-        out["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    if peak is not None:
+        out["peak_cuda_allocated_bytes"] = peak
     return out
+
+
+def _reset_cuda_peak() -> int:
+    """Bytes CUDA holds before a preset's loops are built (normally 0)."""
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    return int(torch.cuda.memory_allocated())
 
 
 def summarize(blocks: list[dict[str, Timed]], tokens: int) -> dict[str, Any]:
