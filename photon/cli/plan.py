@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 
 import click
 
@@ -82,6 +83,5 @@ def plan(
 
 
 def shape_dict(shape: PlanShape) -> dict[str, object]:
-    from dataclasses import asdict
-
+    """The plan's inputs common to every preset."""
     return {k: v for k, v in asdict(shape).items() if k != "preset"}
