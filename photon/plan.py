@@ -242,7 +242,7 @@ def format_table(shape: PlanShape, planned: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_COLUMNS: tuple[str, ...] = ("preset", "params", "b x s", "strategy", "ckpt", "params", "grads")
+_COLUMNS: tuple[str, ...] = ("preset", "n_params", "b x s", "strategy", "ckpt", "params", "grads")
 _COLUMNS += ("optim", "activ", "buffers", "overhead", "total", "fits")
 _PARTS = ("params", "grads", "optimizer", "activations", "buffers", "overhead", "total")
 
