@@ -41,6 +41,7 @@ from silo_agent.heartbeat import Heartbeat
 from silo_agent.metrics import SiloMetrics
 from silo_agent.progress import Progress
 from silo_agent.state import SiloState
+from silo_agent.steps import run_local_steps
 from silo_agent.transfers import PendingUpdate, UploadOutcome, download, upload
 
 log = get_logger("silo_agent")
@@ -161,20 +162,9 @@ class SiloAgent:
 
     def _train(self, trainer: RoundTrainer, task: pb.Task) -> TrainStats:
         """Local steps, reporting progress to the heartbeat, metrics and a bar or log lines."""
-        bar = Progress("train", task.local_steps, "step")
-
-        def on_step(step: int, loss: float) -> None:
-            self.heartbeat.progress(step, loss)
-            self.metrics.step.set(step)
-            self.metrics.loss.set(loss)
-            bar.update(1, loss=loss)
-
-        try:
-            stats = trainer.train(task.local_steps, task.global_step, on_step=on_step)
-        finally:
-            bar.close()
-        self.metrics.tokens_per_s.set(stats.tokens_per_s)
-        return stats
+        return run_local_steps(
+            trainer, task.local_steps, task.global_step, self.heartbeat, self.metrics
+        )
 
     def _counter(self, bar: Progress, direction: str) -> Callable[[int], None]:
         def count(n: int) -> None:

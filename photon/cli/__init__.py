@@ -26,6 +26,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("photon.cli.export", "export"),
     ("photon.cli.export", "generate"),
     ("photon.cli.train", "train"),
+    ("photon.cli.plan", "plan"),
 )
 
 
