@@ -5,7 +5,7 @@
 Steps, each reported as {"status": "ok" | "failed" | "skipped", ...numbers}:
     autocast  a few trainer steps on CUDA: bf16 autocast active, losses finite and falling
     ddp       a federation (aggregator + one silo under torchrun, one process per GPU, NCCL)
-    fsdp      the same with `[silo] parallelism = "fsdp"`; "not available" when the key is refused
+    fsdp      the same with `[silo] parallelism = "fsdp"`
     bench     `python bench/trainer.py --quick --device cuda`
     local     a short `photon local` with every silo forced onto CUDA
 
@@ -88,25 +88,20 @@ def step_autocast(work: Path, gpus: int) -> dict[str, Any]:
     }
 
 
-def _torchrun_federation(work: Path, gpus: int, env_extra: dict[str, str]) -> dict[str, Any]:
-    """An aggregator and one silo under torchrun with `gpus` processes, two rounds."""
+def _torchrun_federation(work: Path, gpus: int, parallelism: str) -> dict[str, Any]:
+    """An aggregator and one CUDA silo under torchrun with `gpus` processes, two rounds."""
     from tests.harness import make_federation
 
     fed = make_federation(work, silos=1, rounds=2)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PHOTON__SILO__DEVICE": "cuda", **env_extra}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    args = ["silo", "run", "--config", str(work / "silo-0.toml"), "--log-format", "json"]
+    silo = fed.silos["silo-0"].silo
+    silo.device, silo.parallelism = "cuda", parallelism  # type: ignore[assignment]
+    fed.write_configs()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    args = ["silo", "run", "--config", str(fed.config_path("silo-0"))]
     started = time.monotonic()
     try:
         fed.start_aggregator()
-        with (work / "silo-0.log").open("ab") as log:
-            fed.procs["silo-0"] = subprocess.Popen(
-                [*launcher, "--nproc_per_node", str(gpus), "-m", "photon", *args],
-                cwd=work,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        fed.spawn("silo-0", args, python=[*torchrun, "--nproc_per_node", str(gpus)])
         codes = fed.wait_all(timeout=STEP_TIMEOUT_S - 60)
     finally:
         fed.stop_all()
@@ -123,21 +118,11 @@ def _torchrun_federation(work: Path, gpus: int, env_extra: dict[str, str]) -> di
 
 
 def step_ddp(work: Path, gpus: int) -> dict[str, Any]:
-    return _torchrun_federation(work / "ddp", gpus, {})
+    return _torchrun_federation(work / "ddp", gpus, "ddp")
 
 
 def step_fsdp(work: Path, gpus: int) -> dict[str, Any]:
-    from photon.errors import ConfigError
-    from silo_agent.config import load_silo_config
-
-    probe = work / "fsdp-probe.toml"
-    probe.parent.mkdir(parents=True, exist_ok=True)
-    probe.write_text('[silo]\nname = "x"\ndata_dir = "d"\ninsecure = true\nparallelism = "fsdp"\n')
-    try:
-        load_silo_config(probe)
-    except ConfigError as exc:
-        return {"status": "skipped", "reason": f"not available: {exc}"}
-    return _torchrun_federation(work / "fsdp", gpus, {"PHOTON__SILO__PARALLELISM": "fsdp"})
+    return _torchrun_federation(work / "fsdp", gpus, "fsdp")
 
 
 def step_bench(work: Path, gpus: int) -> dict[str, Any]:
