@@ -13,7 +13,7 @@ silo joined" stay with membership, which decides them per method.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -73,6 +73,10 @@ def _refuse(context: grpc.ServicerContext, code: grpc.StatusCode, message: str) 
     raise AssertionError("unreachable: abort raises")
 
 
+#: Methods any certificate of the federation may call, allowlisted or not.
+OPEN_TO_ANY_MEMBER = frozenset({"Status"})
+
+
 class FederationAuth(grpc.ServerInterceptor):
     """Identity, revocation, request rate and what a call may hold, for every Federation
     method. `limits` (when given) supplies the rate unless `rate` is passed too."""
@@ -84,9 +88,13 @@ class FederationAuth(grpc.ServerInterceptor):
         revocations: RevocationList | None = None,
         rate: RequestRate | None = None,
         limits: Limits | None = None,
+        allowlist: Sequence[str] = (),
     ) -> None:
         self.insecure = insecure
         self.revocations = revocations
+        #: Silos that may call (empty: any certificate of the federation); Status is open to
+        #: every federation certificate, so an operator can look with any of them.
+        self.allowlist = frozenset(allowlist)
         self.rate = rate if rate is not None or limits is None else limits.rate
         self.limits = limits
 
@@ -118,6 +126,13 @@ class FederationAuth(grpc.ServerInterceptor):
         if problem is not None:  # before the name reaches a rate bucket, the journal or a path
             log.warning("rpc_refused", method=method, code="PERMISSION_DENIED", reason=problem)
             _refuse(context, grpc.StatusCode.PERMISSION_DENIED, problem)
+        if self.allowlist and silo not in self.allowlist and method not in OPEN_TO_ANY_MEMBER:
+            log.warning("rpc_refused", method=method, code="PERMISSION_DENIED", silo=silo)
+            _refuse(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"silo {silo!r} is not in the aggregator's allowlist",
+            )
         if self.rate is not None:
             try:
                 self.rate.check(silo)

@@ -146,7 +146,10 @@ class AggregatorDaemon:
         """The gRPC server: the Federation service behind its auth interceptor, and health."""
         srv = self.cfg.server
         auth = FederationAuth(
-            insecure=srv.insecure, revocations=self._revocations(), limits=self.limits
+            insecure=srv.insecure,
+            revocations=self._revocations(),
+            limits=self.limits,
+            allowlist=srv.allowlist,
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.max_workers),

@@ -129,11 +129,17 @@ def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Launcher, Silo,
         grpc.StatusCode.PERMISSION_DENIED,
         "not in the aggregator's allowlist",
     )
-    _refused(
-        lambda: stranger.stub.GetTask(pb.GetTaskRequest(), timeout=10),
-        grpc.StatusCode.PERMISSION_DENIED,
-        "has not joined; call Join first",
-    )
+    # Every other method too, before it can hold a worker or a transfer slot (the interceptor
+    # applies the allowlist); only Status is open to any certificate of the federation.
+    calls = {
+        "GetTask": lambda: stranger.stub.GetTask(pb.GetTaskRequest(), timeout=10),
+        "Heartbeat": lambda: stranger.stub.Heartbeat(pb.HeartbeatRequest(), timeout=10),
+        "Upload": lambda: stranger.stub.Upload(iter([]), timeout=10),
+        "ReportEval": lambda: stranger.stub.ReportEval(pb.EvalReport(loss=1.0), timeout=10),
+    }
+    for call in calls.values():
+        _refused(call, grpc.StatusCode.PERMISSION_DENIED, "not in the aggregator's allowlist")
+    assert stranger.stub.Status(pb.StatusRequest(), timeout=10).status_json
 
 
 @pytest.mark.parametrize(
