@@ -240,7 +240,8 @@ def _round_worker(rank: int, port: int, shards_dir: str, out: str) -> None:
         ):
             agent._train_round(task)
         backend.finish(0)
-        Path(out, "round.json").write_text(json.dumps(samples))
+        gave_back = all(p.is_meta for p in agent.model.parameters())
+        Path(out, "round.json").write_text(json.dumps({"samples": samples, "gave_back": gave_back}))
     finally:
         dist.destroy_process_group()
 
@@ -252,7 +253,8 @@ def test_rank0_holds_one_full_copy_of_the_model_through_a_whole_round(
     prepare(tmp_path / "text", tmp_path / "shards", ByteTokenizer(), heldout_fraction=0.3)
     args = (free_port(), str(tmp_path / "shards"), str(tmp_path))
     mp.spawn(_round_worker, args=args, nprocs=2)
-    samples = [(str(w), float(c)) for w, c in json.loads((tmp_path / "round.json").read_text())]
+    got = json.loads((tmp_path / "round.json").read_text())
+    samples = [(str(w), float(c)) for w, c in got["samples"]]
     copies = dict(samples)
     assert {"downloaded", "evaluating", "train step 1", "delta", "encoded"} <= set(copies)
     # The global parameters, which become the delta, and nothing else of the model's size: the
@@ -261,3 +263,4 @@ def test_rank0_holds_one_full_copy_of_the_model_through_a_whole_round(
     # keeping a plain model of its own, 1.0 before the download and 2.0 from it on.
     assert copies["before the download"] < 0.1, samples
     assert max(copies.values()) <= 1.1, samples
+    assert got["gave_back"], "the evaluation model let go of the global parameters (the delta)"
