@@ -224,6 +224,15 @@ class LlamaModel(nn.Module):
         return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
 
 
+def empty_model(cfg: ModelConfig) -> LlamaModel:
+    """A LlamaModel whose parameters take no memory (they are on the meta device) until real
+    tensors are lent to them (`load_state_dict(params, assign=True)`); its buffers are real."""
+    with torch.device("meta"):
+        model = LlamaModel(cfg)
+    model.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+    return model
+
+
 def build_model(cfg: ModelConfig, seed: int) -> LlamaModel:
     """A freshly initialised model; the same seed gives the same bytes."""
     generator = torch.Generator().manual_seed(seed)

@@ -27,7 +27,7 @@ from photon.faults import crash_point
 from photon.federation import FederationSpec
 from photon.logs import get_logger
 from photon.metrics_http import serve_metrics
-from photon.model import LlamaModel, ModelConfig, build_model
+from photon.model import LlamaModel, ModelConfig, build_model, empty_model
 from photon.signing import sign_digest
 from photon.tls import TLSFiles
 from photon.trainer import TrainStats
@@ -76,7 +76,7 @@ class SiloAgent:
         self.spec = FederationSpec.from_json(reply.federation_spec_json)
         self.shards.check_tokenizer(self.spec.tokenizer_digest)
         self.model_config = ModelConfig.from_dict(self.spec.model)
-        self.model: LlamaModel = build_model(self.model_config, seed=self.spec.seed)
+        self.model = self._new_model(self.model_config)
         self.tcfg = trainer_config(self.spec, self.cfg)
         log.info(
             "joined",
@@ -95,6 +95,14 @@ class SiloAgent:
             return code
         finally:
             self.heartbeat.stop()
+
+    def _new_model(self, cfg: ModelConfig) -> LlamaModel:
+        """The agent's model: the one the backend trains, or (a backend whose model is its own:
+        FSDP) one that only evaluates, holding no weights of its own: `_evaluate` lends it the
+        global parameters, so the host keeps a single full copy of the model."""
+        if self.backend.model_owns_weights:
+            return build_model(cfg, seed=self.spec.seed)
+        return empty_model(cfg)
 
     def _loop(self) -> int:
         while not self.stop.is_set():
@@ -297,7 +305,11 @@ class SiloAgent:
         return params
 
     def _evaluate(self, params: Mapping[str, torch.Tensor]) -> float:
-        self.model.load_state_dict(dict(params))
+        """The eval loss of `params`. A model without weights of its own borrows `params` (its
+        parameters share their storage) and gives them back after: the caller may then turn
+        them into the delta in place without the model seeing it."""
+        owns = self.backend.model_owns_weights
+        self.model.load_state_dict(dict(params), assign=not owns)
         loader = eval_batches(
             self.shards,
             seq_len=self.tcfg.seq_len,
@@ -309,6 +321,15 @@ class SiloAgent:
         except DataError as exc:
             log.warning("eval_skipped", reason=str(exc))
             return math.nan
+        finally:
+            if not owns:
+                self._give_back_weights()
+
+    def _give_back_weights(self) -> None:
+        """Point the borrowing model's parameters back at the meta device (no storage)."""
+        state = self.model.state_dict()
+        empty = {k: torch.empty_like(v, device="meta") for k, v in state.items()}
+        self.model.load_state_dict(empty, assign=True)
 
     def _final_eval(self, task: pb.Task) -> None:
         params = self._global(task.base_version)

@@ -63,6 +63,13 @@ class RoundTrainer(Protocol):
 class TrainingBackend(Protocol):
     """How a silo's local training runs: in this process, or across a torchrun rank group."""
 
+    @property
+    def model_owns_weights(self) -> bool:
+        """Whether the agent's model (the one given to `start`) must hold weights of its own:
+        True where the backend trains it; False where the backend trains a model of its own
+        (FSDP), the agent's then only evaluating, on the global parameters it is lent."""
+        ...
+
     def start(
         self, spec: FederationSpec, model: LlamaModel, tcfg: TrainerConfig, shards: TokenShards
     ) -> None:
@@ -88,6 +95,11 @@ class TrainingBackend(Protocol):
 
 class LocalBackend:
     """Training in this process, on the agent's model."""
+
+    @property
+    def model_owns_weights(self) -> bool:
+        """It trains the agent's model."""
+        return True
 
     def start(
         self, spec: FederationSpec, model: LlamaModel, tcfg: TrainerConfig, shards: TokenShards

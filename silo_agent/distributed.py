@@ -186,9 +186,16 @@ class RoundTraining(Protocol):
 
 #: Builds a rank's RoundTraining: (group, spec, settings, data, model), where `model` is the
 #: agent's model on rank 0 and None on the followers. `parallelism` picks it (silo_agent/launch.py).
+#: One that builds a model of its own says so with `trains_agent_model = False` (`fsdp_training`).
 TrainingFactory = Callable[
     [RankGroup, FederationSpec, TrainerConfig, TokenShards, LlamaModel | None], RoundTraining
 ]
+
+
+def trains_agent_model(training: TrainingFactory) -> bool:
+    """Whether `training` trains rank 0's agent model (DDP: it is rank 0's copy), or a model of
+    its own (it sets `trains_agent_model = False`: the agent's then needs no weights of its own)."""
+    return bool(getattr(training, "trains_agent_model", True))
 
 
 def ddp_training(
@@ -221,6 +228,11 @@ class RankGroupBackend:
 
     def __init__(self, group: RankGroup, training: TrainingFactory = ddp_training) -> None:
         self.group, self.make_training = group, training
+
+    @property
+    def model_owns_weights(self) -> bool:
+        """Under DDP rank 0 trains the agent's model; under FSDP the shards are the ranks' own."""
+        return trains_agent_model(self.make_training)
 
     def start(
         self, spec: FederationSpec, model: LlamaModel, tcfg: TrainerConfig, shards: TokenShards

@@ -16,8 +16,10 @@ How this fits the rank group of `silo_agent/distributed.py` (which does the talk
   (`DTensor.full_tensor()`); rank 0 subtracts the global tensor from each at once, in place, so
   its global parameters become the delta the agent encodes (`gather_delta`). Rank 0's host
   holds the global parameters (then the delta) and one gathered tensor: no rank ever holds a
-  gathered state dict, and no GPU a whole model. The agent's own plain model on rank 0 serves
-  its evaluations only; training never writes it.
+  gathered state dict, and no GPU a whole model. The agent's own model on rank 0 only
+  evaluates and holds no weights of its own (`model_owns_weights` is False): it is built on the
+  meta device and lent the global parameters while it evaluates them, so over a whole round
+  rank 0's host holds one full copy of the model (tests/test_fsdp_memory.py).
 - The committed trainer state `trainer/r<R>/` holds the sharded optimizer state written with
   `torch.distributed.checkpoint` (`optimizer/`: one file per rank plus `.metadata`) and each
   rank's data cursor and RNG (`rank<k>/`). The parameters are not saved there: a round starts
@@ -215,11 +217,17 @@ class ShardedTraining:
         return gather_delta(self.model, params if self.group.rank == 0 else None)
 
 
-def fsdp_training(*, activation_checkpointing: bool) -> TrainingFactory:
-    """The `parallelism = "fsdp"` factory for `run_distributed` (rank 0's agent model is not
-    used: the delta is made from the global parameters)."""
+class FSDPTrainingFactory:
+    """Builds each rank's ShardedTraining. Rank 0's agent model is not used (the ranks shard a
+    model of their own; the delta is made from the global parameters), so it needs no weights."""
 
-    def build(
+    trains_agent_model = False
+
+    def __init__(self, *, activation_checkpointing: bool) -> None:
+        self.activation_checkpointing = activation_checkpointing
+
+    def __call__(
+        self,
         group: RankGroup,
         spec: FederationSpec,
         tcfg: TrainerConfig,
@@ -227,7 +235,10 @@ def fsdp_training(*, activation_checkpointing: bool) -> TrainingFactory:
         model: LlamaModel | None,
     ) -> ShardedTraining:
         return ShardedTraining(
-            group, spec, tcfg, shards, activation_checkpointing=activation_checkpointing
+            group, spec, tcfg, shards, activation_checkpointing=self.activation_checkpointing
         )
 
-    return build
+
+def fsdp_training(*, activation_checkpointing: bool) -> TrainingFactory:
+    """The `parallelism = "fsdp"` factory for `run_distributed`."""
+    return FSDPTrainingFactory(activation_checkpointing=activation_checkpointing)
