@@ -11,9 +11,7 @@ monotonic clock; the journal keeps wall-clock records (`aggregator.clocks`).
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +21,6 @@ from aggregator.audit import AUDIT_HEAD, AuditLog
 from aggregator.clocks import Clocks, remaining_from_record
 from aggregator.closeout import DiskFullBackoff
 from aggregator.closer import RoundCloser
-from aggregator.closing import Close, ExtendDeadline, RoundFacts, decide_close
 from aggregator.config import AggregatorConfig
 from aggregator.handler import Admission, Direction, TaskDecision, UploadState
 from aggregator.intake import UpdateIntake
@@ -31,7 +28,8 @@ from aggregator.integrity import rewind
 from aggregator.limits import upload_quota
 from aggregator.membership import Membership
 from aggregator.roundstate import OpenRound, RoundState
-from aggregator.store import RoundRow, Store
+from aggregator.schedule import RoundSchedule
+from aggregator.store import Store
 from aggregator.uploads import UploadRegistry, UploadSession
 from aggregator.verify import UpdateVerifier
 from photon.diskspace import is_disk_full
@@ -75,28 +73,40 @@ class RoundEngine:
             anchor=lambda head: store.set_meta(AUDIT_HEAD, head),
         )
         self.verifier = UpdateVerifier(cfg.server, self.spec, model, store, self.audit)
+        self._compose(evaluate)
+        self._recover()
+
+    def _compose(self, evaluate: Callable[[int], None] | None) -> None:
+        """The parts that share `self.state`: intake, schedule, close-out."""
         self.intake = UpdateIntake(
             self.state,
-            store=store,
-            model=model,
+            store=self.store,
+            model=self.model,
             clocks=self.clocks,
             members=self.members,
             uploads=self.uploads,
             verifier=self.verifier,
         )
+        self.schedule = RoundSchedule(
+            self.state,
+            cfg=self.cfg,
+            store=self.store,
+            model=self.model,
+            clocks=self.clocks,
+            members=self.members,
+        )
         self.closer = RoundCloser(
             self.state,
             spec=self.spec,
-            store=store,
-            model=model,
+            store=self.store,
+            model=self.model,
             clocks=self.clocks,
             uploads=self.uploads,
             audit=self.audit,
             verifier=self.verifier,
             evaluate=evaluate,
-            open_next=self._open_round,
+            open_next=self.schedule.open_round,
         )
-        self._recover()
 
     # -- recovery ---------------------------------------------------------------------------
     def _recover(self) -> None:
@@ -245,9 +255,9 @@ class RoundEngine:
         with self.state.cond:
             self._mark_lost()
             if self.state.open is None and self.model.version < self.spec.rounds:
-                self._open_round()
+                self.schedule.open_round()
             op = self.state.open
-            if op is not None and not self.state.aggregating and self._should_close(op):
+            if op is not None and not self.state.aggregating and self.schedule.should_close(op):
                 self.state.aggregating = True
                 to_close = op
         if to_close is not None:
@@ -258,85 +268,6 @@ class RoundEngine:
     def _mark_lost(self) -> None:
         if self.members.mark_lost(self.cfg.rounds.heartbeat_timeout_s):
             self.state.cond.notify_all()
-
-    def _open_round(self) -> None:
-        online = self.members.online()
-        round_ = self.model.version
-        if len(online) < self._silos_to_open(round_):
-            return
-        k = self.cfg.rounds.silos_per_round or len(online)
-        rng = random.Random(f"{self.spec.seed}:{round_}")  # noqa: S311 - sampling, not secrets
-        selected = tuple(sorted(rng.sample(online, min(k, len(online)))))
-        now, deadline_s = self.clocks.wall(), self.cfg.rounds.deadline_s
-        row = RoundRow(
-            round=round_,
-            base_version=round_,
-            selected=selected,
-            opened_at=now,
-            deadline_at=now + deadline_s,
-            closed_at=None,
-            outcome=None,
-        )
-        self.store.open_round(row)
-        self.state.open = OpenRound(row=row, deadline_mono=self.clocks.mono() + deadline_s)
-        log.info(
-            "round_opened",
-            round=round_,
-            selected=list(selected),
-            deadline_s=self.cfg.rounds.deadline_s,
-        )
-        self.state.cond.notify_all()
-
-    def _silos_to_open(self, round_: int) -> int:
-        """Online silos needed to open `round_`: `min_silos` before the first round (as
-        documented on RoundsConfig); later, the quorum of `min_silos` (at least 1), so a
-        federation that lost silos goes on with the rest instead of waiting forever."""
-        rounds = self.cfg.rounds
-        if round_ == 0:
-            return rounds.min_silos
-        return max(1, math.ceil(rounds.quorum * rounds.min_silos))
-
-    def _should_close(self, op: OpenRound) -> bool:
-        selected = frozenset(op.row.selected)
-        reported = frozenset(op.reported) & selected
-        decision = decide_close(
-            RoundFacts(
-                selected=selected,
-                reported=reported,
-                pending_online=frozenset(
-                    s for s in selected - reported if self.members.is_online(s)
-                ),
-                quorum=self.cfg.rounds.quorum,
-                now=self.clocks.mono(),
-                deadline_at=op.deadline_mono,
-                deadline_s=self.cfg.rounds.deadline_s,
-            )
-        )
-        if isinstance(decision, ExtendDeadline):
-            self._extend_deadline(op, decision)
-            return False
-        if isinstance(decision, Close):
-            if decision.reason == "lost":
-                log.warning(
-                    "round_closing_without",
-                    round=op.row.round,
-                    missing=list(decision.missing),
-                    reason="lost",
-                )
-            elif decision.reason == "deadline":
-                log.warning("round_deadline", round=op.row.round, missing=list(decision.missing))
-            return True
-        return False
-
-    def _extend_deadline(self, op: OpenRound, ext: ExtendDeadline) -> None:
-        """Journal the round's new deadline (as wall time), then adopt it (monotonic)."""
-        until_wall = self.clocks.mono_to_wall(ext.until)
-        self.store.extend_deadline(op.row.round, until_wall)
-        op.row = dataclasses.replace(op.row, deadline_at=until_wall)
-        op.deadline_mono = ext.until
-        log.warning(
-            "round_deadline_extended", round=op.row.round, reported=ext.reported, quorum=ext.quorum
-        )
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
