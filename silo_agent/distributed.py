@@ -138,14 +138,7 @@ class RankTraining:
         restored from `restore`."""
         if params is not None:
             self.model.load_state_dict(dict(params))
-        loader = RankLoader(
-            self.shards,
-            rank=self.group.rank,
-            world_size=self.group.world_size,
-            batch_size=self.tcfg.batch_size,
-            seq_len=self.tcfg.seq_len,
-            seed=self.seed,
-        )
+        loader = RankLoader.for_group(self.shards, self.group, self.tcfg, self.seed)
         trainer = DistributedTrainer(self.model, self.tcfg, loader, self.group, self.ddp)
         if restore is not None:
             trainer.load_state(restore)

@@ -195,14 +195,7 @@ class ShardedTraining:
         if self.group.rank == 0 and params is None:
             raise ValueError("rank 0 must give the round's parameters")
         load_full(self.model, params if self.group.rank == 0 else None)
-        loader = RankLoader(
-            self.shards,
-            rank=self.group.rank,
-            world_size=self.group.world_size,
-            batch_size=self.tcfg.batch_size,
-            seq_len=self.tcfg.seq_len,
-            seed=self.seed,
-        )
+        loader = RankLoader.for_group(self.shards, self.group, self.tcfg, self.seed)
         trainer = ShardedTrainer(self.model, self.tcfg, loader, self.group)
         if restore is not None:
             trainer.load_state(restore)

@@ -20,7 +20,7 @@ from torch import nn
 
 from photon.data import TokenLoader, TokenShards
 from photon.errors import ConfigError, DataError
-from photon.trainer import TrainStats, resolve_device
+from photon.trainer import TrainerConfig, TrainStats, resolve_device
 
 #: How long a rank may wait in a collective. Followers wait in a broadcast while rank 0
 #: downloads, evaluates, uploads or waits for the other silos, which can take hours on a WAN;
@@ -113,6 +113,20 @@ class RankLoader(TokenLoader):
                 f"the {split} split of {shards.dir} has fewer sequences than the {world_size} "
                 "ranks; add text or start fewer processes"
             )
+
+    @classmethod
+    def for_group(
+        cls, shards: TokenShards, group: RankGroup, tcfg: TrainerConfig, seed: int
+    ) -> RankLoader:
+        """This rank's share of the training windows, at the trainer's batch and length."""
+        return cls(
+            shards,
+            rank=group.rank,
+            world_size=group.world_size,
+            batch_size=tcfg.batch_size,
+            seq_len=tcfg.seq_len,
+            seed=seed,
+        )
 
     def _permutation(self) -> np.ndarray:
         total = (len(self.data) - 1) // self.seq_len
