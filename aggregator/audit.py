@@ -45,6 +45,7 @@ class AuditLog:
         signature: bytes,
         verdict: str,
         reason: str = "",
+        codec: str = "",
     ) -> None:
         entry = {
             "time": round_time(),
@@ -55,6 +56,8 @@ class AuditLog:
             "verdict": verdict,
             "reason": reason,
         }
+        if codec:  # the update's declared codec (silos older than the field do not say)
+            entry["codec"] = codec
         with self._lock:
             entry["prev"] = self._prev
             line = json.dumps(entry, sort_keys=True)

@@ -86,6 +86,7 @@ class RoundEngine:
             members=self.members,
             uploads=self.uploads,
             verifier=self.verifier,
+            codec=self.spec.codec,
         )
         self.schedule = RoundSchedule(
             self.state,

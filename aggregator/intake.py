@@ -43,7 +43,10 @@ class UpdateIntake:
         members: Membership,
         uploads: UploadRegistry,
         verifier: UpdateVerifier,
+        codec: str,
     ) -> None:
+        #: The federation's codec: an update declaring another is refused at its header.
+        self.codec = codec
         self.state = state
         self.store = store
         self.model = model
@@ -71,14 +74,25 @@ class UpdateIntake:
                     silo=silo,
                     round=update.round,
                 )
-            if update.size > self.model.max_update_bytes:
-                raise UpdateRejected(
-                    f"declared size {update.size} exceeds the bound {self.model.max_update_bytes} "
-                    "for this model",
-                    silo=silo,
-                    round=update.round,
-                )
+            self._check_declared(silo, update)
             return self.uploads.open(silo, update, offset)
+
+    def _check_declared(self, silo: str, update: UpdateRecord) -> None:
+        """What the header says of the object, checked before a byte of it is received."""
+        if update.size > self.model.max_update_bytes:
+            raise UpdateRejected(
+                f"declared size {update.size} exceeds the bound {self.model.max_update_bytes} "
+                "for this model",
+                silo=silo,
+                round=update.round,
+            )
+        if update.codec and update.codec != self.codec:
+            raise UpdateRejected(
+                f"update is encoded with codec {update.codec!r} but the federation uses "
+                f"{self.codec!r}",
+                silo=silo,
+                round=update.round,
+            )
 
     def complete_upload(
         self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None = None

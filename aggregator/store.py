@@ -23,17 +23,18 @@ ADDED_UPDATE_COLUMNS = (
     "signature BLOB NOT NULL DEFAULT x''",
     "transfer_id TEXT NOT NULL DEFAULT ''",
     "base_version INTEGER NOT NULL DEFAULT -1",
+    "codec TEXT NOT NULL DEFAULT ''",
 )
 #: Column order is the one `_update_row` reads.
 _INSERT_UPDATE = (
     "INSERT OR IGNORE INTO updates (round, silo_id, transfer_id, base_version, digest, size, "
-    "num_tokens, train_loss, base_eval_loss, train_seconds, signature, path, accepted_at, norm) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "num_tokens, train_loss, base_eval_loss, train_seconds, signature, codec, path, accepted_at, "
+    "norm) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 #: Every update, or those of one round when both parameters name it.
 _SELECT_UPDATES = (
     "SELECT round, silo_id, transfer_id, base_version, digest, size, num_tokens, train_loss, "
-    "base_eval_loss, train_seconds, signature, path, accepted_at, norm FROM updates "
+    "base_eval_loss, train_seconds, signature, codec, path, accepted_at, norm FROM updates "
     "WHERE ? IS NULL OR round = ? ORDER BY round, silo_id"
 )
 SCHEMA = f"""
@@ -226,7 +227,7 @@ class Store:
         u = row.update
         values = (
             *(u.round, row.silo_id, u.transfer_id, u.base_version, u.digest, u.size),
-            *(u.num_tokens, u.train_loss, u.base_eval_loss, u.train_seconds, u.signature),
+            *(u.num_tokens, u.train_loss, u.base_eval_loss, u.train_seconds, u.signature, u.codec),
             *(row.path, row.accepted_at, row.norm),
         )
         with self._tx() as db:
@@ -283,7 +284,7 @@ def _legacy_transfer_id(silo: str, round_: int, digest: str) -> str:
 
 
 def _update_row(row: tuple[Any, ...]) -> UpdateRow:
-    r, silo, tid, base, digest, size, tokens, loss, base_loss, seconds, sig, *rest = row
+    r, silo, tid, base, digest, size, tokens, loss, base_loss, seconds, sig, codec, *rest = row
     path, accepted_at, norm = rest
     update = UpdateRecord(
         round=r,
@@ -296,6 +297,7 @@ def _update_row(row: tuple[Any, ...]) -> UpdateRow:
         base_eval_loss=base_loss,
         train_seconds=seconds,
         signature=bytes(sig),
+        codec=str(codec),
     )
     return UpdateRow(silo_id=silo, update=update, path=path, accepted_at=accepted_at, norm=norm)
 

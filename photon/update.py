@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from photon.codecs import CODECS
 from photon.errors import UpdateRejected
 from photon.v1 import federation_pb2 as pb
 
@@ -50,8 +51,12 @@ class UpdateRecord:
     train_seconds: float | None = None
     #: The silo's signature over (round, digest); empty when unsigned.
     signature: bytes = b""
+    #: The codec the object is encoded with; "" when the sender did not say (older silos).
+    codec: str = ""
 
     def __post_init__(self) -> None:
+        if self.codec and self.codec not in CODECS:
+            raise UpdateRejected(f"codec {self.codec[:20]!r} is not one of {', '.join(CODECS)}")
         if not valid_transfer_id(self.transfer_id):
             raise UpdateRejected(
                 f"transfer_id {self.transfer_id[:40]!r} must match {_TRANSFER_ID.pattern}"
@@ -83,6 +88,7 @@ class UpdateRecord:
             base_eval_loss=_nan_for_none(self.base_eval_loss),
             train_seconds=self.train_seconds or 0.0,
             signature=self.signature,
+            codec=self.codec,
         )
 
     @classmethod
@@ -102,6 +108,7 @@ class UpdateRecord:
             base_eval_loss=_none_for_nan(h.base_eval_loss),
             train_seconds=h.train_seconds,
             signature=h.signature,
+            codec=h.codec,
         )
         return record, h.offset
 
@@ -118,6 +125,7 @@ class UpdateRecord:
             "base_eval_loss": _nan_for_none(self.base_eval_loss),
             "train_seconds": self.train_seconds,
             "signature": self.signature.hex(),
+            "codec": self.codec,
         }
 
     @classmethod
@@ -134,12 +142,20 @@ class UpdateRecord:
             base_eval_loss=_none_for_nan(d.get("base_eval_loss")),
             train_seconds=d.get("train_seconds"),
             signature=bytes.fromhex(str(d.get("signature", ""))),
+            codec=str(d.get("codec", "")),
         )
 
     # -- the audit log -----------------------------------------------------------------------
     def audit_fields(self) -> dict[str, Any]:
         """The part of an audit line that describes the update (`AuditLog.record` keywords)."""
-        return {"round": self.round, "digest": self.digest, "signature": self.signature}
+        fields: dict[str, Any] = {
+            "round": self.round,
+            "digest": self.digest,
+            "signature": self.signature,
+        }
+        if self.codec:
+            fields["codec"] = self.codec
+        return fields
 
 
 def _nan_for_none(x: float | None) -> float:

@@ -233,6 +233,7 @@ class SiloAgent:
             base_eval_loss=base_eval,
             train_seconds=seconds,
             signature=self._sign(info.digest, task.round),
+            codec=self.spec.codec,
         )
         return PendingUpdate(update=update, path=str(self.state.pending_path(task.round)))
 

@@ -61,6 +61,7 @@ class Silo:
         num_tokens: int = 100,
         train_seconds: float = 0.0,
         base_eval_loss: float = math.nan,
+        codec: str = "",
     ) -> pb.UploadReply:
         digest = hashlib.sha256(blob).hexdigest()
         if signature is None:
@@ -80,6 +81,7 @@ class Silo:
                     base_eval_loss=base_eval_loss,
                     train_seconds=train_seconds,
                     signature=signature,
+                    codec=codec,
                 )
             )
             for off in range(0, len(blob), CHUNK):
@@ -158,6 +160,9 @@ def test_unknown_silo_is_refused_by_the_allowlist(running: tuple[Launcher, Silo,
         ("nan", grpc.StatusCode.INVALID_ARGUMENT, "NaN or infinite"),
         ("wrong_shape", grpc.StatusCode.INVALID_ARGUMENT, "has shape"),
         ("wrong_codec", grpc.StatusCode.INVALID_ARGUMENT, "uses codec 'int8'"),
+        # Declared in the header: refused before a byte of the object is received.
+        ("declared_codec", grpc.StatusCode.INVALID_ARGUMENT, "encoded with codec 'int8'"),
+        ("unknown_codec", grpc.StatusCode.INVALID_ARGUMENT, "codec 'int3' is not one of"),
         ("garbage", grpc.StatusCode.INVALID_ARGUMENT, "cannot be decoded"),
         ("bad_transfer_id", grpc.StatusCode.INVALID_ARGUMENT, "transfer_id"),
         ("over_reported_tokens", grpc.StatusCode.INVALID_ARGUMENT, "num_tokens 4611686018427"),
@@ -196,6 +201,8 @@ def test_bad_update_is_refused_and_leaves_no_trace(
         "over_reported_tokens": {"num_tokens": 2**62 - 1},
         "infinite_seconds": {"train_seconds": math.inf},
         "negative_eval_loss": {"base_eval_loss": -1.0},
+        "declared_codec": {"codec": "int8"},
+        "unknown_codec": {"codec": "int3"},
     }.get(case, {})  # type: ignore[assignment]
     kwargs.setdefault("transfer", f"t-{case}")
     _refused(lambda: silo.upload(blob, **kwargs), code, text)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ def _record(**changes: object) -> UpdateRecord:
         "base_eval_loss": None,
         "train_seconds": 12.0,
         "signature": b"\x30\x44sig",
+        "codec": "int8",
     }
     fields.update(changes)
     return UpdateRecord(**fields)  # type: ignore[arg-type]
@@ -49,7 +50,7 @@ def test_state_json_round_trips_and_keeps_its_keys() -> None:
     saved = json.loads(json.dumps(pending.to_json()))
     assert set(saved) == {
         *("round", "base_version", "transfer_id", "path", "digest", "size", "num_tokens"),
-        *("train_loss", "base_eval_loss", "train_seconds", "signature"),
+        *("train_loss", "base_eval_loss", "train_seconds", "signature", "codec"),
     }
     assert saved["signature"] == "3044736967"
     assert PendingUpdate.from_json(saved) == pending
@@ -73,12 +74,14 @@ def test_a_state_json_written_before_the_record_still_loads(tmp_path: Path) -> N
     old = {"completed_round": 3, "trainer_dir": "trainer/r000003", "pending": old_pending}
     (tmp_path / "state.json").write_text(json.dumps(old, indent=1, sort_keys=True))
     pending = SiloState(tmp_path).pending
-    assert pending == PendingUpdate(update=_record(), path=str(old_pending["path"]))
-    assert json.loads(json.dumps(pending.to_json())).keys() == old_pending.keys()
+    assert pending == PendingUpdate(update=_record(codec=""), path=str(old_pending["path"]))
+    assert json.loads(json.dumps(pending.to_json())).keys() == {*old_pending, "codec"}
 
 
 def test_the_audit_line_fields_are_the_records() -> None:
-    assert _record().audit_fields() == {"round": 3, "digest": DIGEST, "signature": b"\x30\x44sig"}
+    fields = {"round": 3, "digest": DIGEST, "signature": b"\x30\x44sig"}
+    assert _record().audit_fields() == {**fields, "codec": "int8"}
+    assert _record(codec="").audit_fields() == fields  # an older silo did not say
 
 
 @pytest.mark.parametrize(
@@ -91,6 +94,7 @@ def test_the_audit_line_fields_are_the_records() -> None:
         ({"num_tokens": 2**62}, "num_tokens must be in (0, 2**62)"),
         ({"train_loss": math.inf}, "train_loss must be finite"),
         ({"base_eval_loss": -math.inf}, "base_eval_loss must be finite"),
+        ({"codec": "int3"}, "codec 'int3' is not one of fp32, bf16, int8, int4"),
     ],
 )
 def test_a_record_is_checked_when_it_is_built(changes: dict[str, object], message: str) -> None:

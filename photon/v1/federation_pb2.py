@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aphoton/v1/federation.proto\x12\tphoton.v1\"X\n\x0bJoinRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x18\n\x10tokenizer_digest\x18\x02 \x01(\t\x12\x18\n\x10num_train_tokens\x18\x03 \x01(\x04\"X\n\tJoinReply\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x1c\n\x14\x66\x65\x64\x65ration_spec_json\x18\x02 \x01(\x0c\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\"L\n\x10HeartbeatRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\r\n\x05phase\x18\x04 \x01(\t\"$\n\x0eHeartbeatReply\x12\x12\n\nopen_round\x18\x01 \x01(\r\"&\n\x0eGetTaskRequest\x12\x14\n\x0cheld_version\x18\x01 \x01(\x03\"\xfc\x01\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.photon.v1.Task.Kind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0blocal_steps\x18\x04 \x01(\r\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x04\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x15\n\rretry_after_s\x18\x07 \x01(\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\"E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x45VAL\x10\x02\x12\x08\n\x04WAIT\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\"H\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x14\n\x0chave_version\x18\x03 \x01(\x03\"e\n\x0cObjectHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x03\"4\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"e\n\rDownloadChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.photon.v1.ObjectHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.photon.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xe0\x01\n\x0cUploadHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x12\n\nnum_tokens\x18\x07 \x01(\x04\x12\x12\n\ntrain_loss\x18\x08 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\t \x01(\x01\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x15\n\rtrain_seconds\x18\x0b \x01(\x01\"c\n\x0bUploadChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.photon.v1.UploadHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.photon.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xa7\x01\n\x0bUploadReply\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.photon.v1.UploadReply.Status\x12\x18\n\x10\x63ommitted_offset\x18\x02 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0e\n\nINCOMPLETE\x10\x02\"*\n\x13UploadStatusRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"Q\n\x11UploadStatusReply\x12\x18\n\x10\x63ommitted_offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\";\n\nEvalReport\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\t\n\x07\x45valAck\"\x1e\n\x0cLeaveRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0c\n\nLeaveReply\"\x0f\n\rStatusRequest\"\"\n\x0bStatusReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\x0c\x32\xba\x04\n\nFederation\x12\x34\n\x04Join\x12\x16.photon.v1.JoinRequest\x1a\x14.photon.v1.JoinReply\x12\x43\n\tHeartbeat\x12\x1b.photon.v1.HeartbeatRequest\x1a\x19.photon.v1.HeartbeatReply\x12\x35\n\x07GetTask\x12\x19.photon.v1.GetTaskRequest\x1a\x0f.photon.v1.Task\x12\x42\n\x08\x44ownload\x12\x1a.photon.v1.DownloadRequest\x1a\x18.photon.v1.DownloadChunk0\x01\x12:\n\x06Upload\x12\x16.photon.v1.UploadChunk\x1a\x16.photon.v1.UploadReply(\x01\x12L\n\x0cUploadStatus\x12\x1e.photon.v1.UploadStatusRequest\x1a\x1c.photon.v1.UploadStatusReply\x12\x37\n\nReportEval\x12\x15.photon.v1.EvalReport\x1a\x12.photon.v1.EvalAck\x12\x37\n\x05Leave\x12\x17.photon.v1.LeaveRequest\x1a\x15.photon.v1.LeaveReply\x12:\n\x06Status\x12\x18.photon.v1.StatusRequest\x1a\x16.photon.v1.StatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aphoton/v1/federation.proto\x12\tphoton.v1\"X\n\x0bJoinRequest\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x18\n\x10tokenizer_digest\x18\x02 \x01(\t\x12\x18\n\x10num_train_tokens\x18\x03 \x01(\x04\"X\n\tJoinReply\x12\x0f\n\x07silo_id\x18\x01 \x01(\t\x12\x1c\n\x14\x66\x65\x64\x65ration_spec_json\x18\x02 \x01(\x0c\x12\x1c\n\x14heartbeat_interval_s\x18\x03 \x01(\x01\"L\n\x10HeartbeatRequest\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x0c\n\x04loss\x18\x03 \x01(\x01\x12\r\n\x05phase\x18\x04 \x01(\t\"$\n\x0eHeartbeatReply\x12\x12\n\nopen_round\x18\x01 \x01(\r\"&\n\x0eGetTaskRequest\x12\x14\n\x0cheld_version\x18\x01 \x01(\x03\"\xfc\x01\n\x04Task\x12\"\n\x04kind\x18\x01 \x01(\x0e\x32\x14.photon.v1.Task.Kind\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0blocal_steps\x18\x04 \x01(\r\x12\x13\n\x0bglobal_step\x18\x05 \x01(\x04\x12\x12\n\ndeadline_s\x18\x06 \x01(\x01\x12\x15\n\rretry_after_s\x18\x07 \x01(\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\"E\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04\x45VAL\x10\x02\x12\x08\n\x04WAIT\x10\x03\x12\x08\n\x04\x44ONE\x10\x04\"H\n\x0f\x44ownloadRequest\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x14\n\x0chave_version\x18\x03 \x01(\x03\"e\n\x0cObjectHeader\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x10\n\x08\x65ncoding\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x05 \x01(\x03\"4\n\x05\x43hunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\r\n\x05\x63rc32\x18\x03 \x01(\r\"e\n\rDownloadChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.photon.v1.ObjectHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.photon.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xef\x01\n\x0cUploadHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x04 \x01(\t\x12\x0c\n\x04size\x18\x05 \x01(\x04\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x12\n\nnum_tokens\x18\x07 \x01(\x04\x12\x12\n\ntrain_loss\x18\x08 \x01(\x01\x12\x16\n\x0e\x62\x61se_eval_loss\x18\t \x01(\x01\x12\x11\n\tsignature\x18\n \x01(\x0c\x12\x15\n\rtrain_seconds\x18\x0b \x01(\x01\x12\r\n\x05\x63odec\x18\x0c \x01(\t\"c\n\x0bUploadChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.photon.v1.UploadHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.photon.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"\xa7\x01\n\x0bUploadReply\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.photon.v1.UploadReply.Status\x12\x18\n\x10\x63ommitted_offset\x18\x02 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\">\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\x0e\n\nINCOMPLETE\x10\x02\"*\n\x13UploadStatusRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\"Q\n\x11UploadStatusReply\x12\x18\n\x10\x63ommitted_offset\x18\x01 \x01(\x04\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x03 \x01(\x08\";\n\nEvalReport\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x01\x12\x0e\n\x06tokens\x18\x03 \x01(\x04\"\t\n\x07\x45valAck\"\x1e\n\x0cLeaveRequest\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x0c\n\nLeaveReply\"\x0f\n\rStatusRequest\"\"\n\x0bStatusReply\x12\x13\n\x0bstatus_json\x18\x01 \x01(\x0c\x32\xba\x04\n\nFederation\x12\x34\n\x04Join\x12\x16.photon.v1.JoinRequest\x1a\x14.photon.v1.JoinReply\x12\x43\n\tHeartbeat\x12\x1b.photon.v1.HeartbeatRequest\x1a\x19.photon.v1.HeartbeatReply\x12\x35\n\x07GetTask\x12\x19.photon.v1.GetTaskRequest\x1a\x0f.photon.v1.Task\x12\x42\n\x08\x44ownload\x12\x1a.photon.v1.DownloadRequest\x1a\x18.photon.v1.DownloadChunk0\x01\x12:\n\x06Upload\x12\x16.photon.v1.UploadChunk\x1a\x16.photon.v1.UploadReply(\x01\x12L\n\x0cUploadStatus\x12\x1e.photon.v1.UploadStatusRequest\x1a\x1c.photon.v1.UploadStatusReply\x12\x37\n\nReportEval\x12\x15.photon.v1.EvalReport\x1a\x12.photon.v1.EvalAck\x12\x37\n\x05Leave\x12\x17.photon.v1.LeaveRequest\x1a\x15.photon.v1.LeaveReply\x12:\n\x06Status\x12\x18.photon.v1.StatusRequest\x1a\x16.photon.v1.StatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,29 +54,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DOWNLOADCHUNK']._serialized_start=863
   _globals['_DOWNLOADCHUNK']._serialized_end=964
   _globals['_UPLOADHEADER']._serialized_start=967
-  _globals['_UPLOADHEADER']._serialized_end=1191
-  _globals['_UPLOADCHUNK']._serialized_start=1193
-  _globals['_UPLOADCHUNK']._serialized_end=1292
-  _globals['_UPLOADREPLY']._serialized_start=1295
-  _globals['_UPLOADREPLY']._serialized_end=1462
-  _globals['_UPLOADREPLY_STATUS']._serialized_start=1400
-  _globals['_UPLOADREPLY_STATUS']._serialized_end=1462
-  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1464
-  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1506
-  _globals['_UPLOADSTATUSREPLY']._serialized_start=1508
-  _globals['_UPLOADSTATUSREPLY']._serialized_end=1589
-  _globals['_EVALREPORT']._serialized_start=1591
-  _globals['_EVALREPORT']._serialized_end=1650
-  _globals['_EVALACK']._serialized_start=1652
-  _globals['_EVALACK']._serialized_end=1661
-  _globals['_LEAVEREQUEST']._serialized_start=1663
-  _globals['_LEAVEREQUEST']._serialized_end=1693
-  _globals['_LEAVEREPLY']._serialized_start=1695
-  _globals['_LEAVEREPLY']._serialized_end=1707
-  _globals['_STATUSREQUEST']._serialized_start=1709
-  _globals['_STATUSREQUEST']._serialized_end=1724
-  _globals['_STATUSREPLY']._serialized_start=1726
-  _globals['_STATUSREPLY']._serialized_end=1760
-  _globals['_FEDERATION']._serialized_start=1763
-  _globals['_FEDERATION']._serialized_end=2333
+  _globals['_UPLOADHEADER']._serialized_end=1206
+  _globals['_UPLOADCHUNK']._serialized_start=1208
+  _globals['_UPLOADCHUNK']._serialized_end=1307
+  _globals['_UPLOADREPLY']._serialized_start=1310
+  _globals['_UPLOADREPLY']._serialized_end=1477
+  _globals['_UPLOADREPLY_STATUS']._serialized_start=1415
+  _globals['_UPLOADREPLY_STATUS']._serialized_end=1477
+  _globals['_UPLOADSTATUSREQUEST']._serialized_start=1479
+  _globals['_UPLOADSTATUSREQUEST']._serialized_end=1521
+  _globals['_UPLOADSTATUSREPLY']._serialized_start=1523
+  _globals['_UPLOADSTATUSREPLY']._serialized_end=1604
+  _globals['_EVALREPORT']._serialized_start=1606
+  _globals['_EVALREPORT']._serialized_end=1665
+  _globals['_EVALACK']._serialized_start=1667
+  _globals['_EVALACK']._serialized_end=1676
+  _globals['_LEAVEREQUEST']._serialized_start=1678
+  _globals['_LEAVEREQUEST']._serialized_end=1708
+  _globals['_LEAVEREPLY']._serialized_start=1710
+  _globals['_LEAVEREPLY']._serialized_end=1722
+  _globals['_STATUSREQUEST']._serialized_start=1724
+  _globals['_STATUSREQUEST']._serialized_end=1739
+  _globals['_STATUSREPLY']._serialized_start=1741
+  _globals['_STATUSREPLY']._serialized_end=1775
+  _globals['_FEDERATION']._serialized_start=1778
+  _globals['_FEDERATION']._serialized_end=2348
 # @@protoc_insertion_point(module_scope)

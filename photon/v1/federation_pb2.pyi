@@ -125,7 +125,7 @@ class DownloadChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ObjectHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
-    __slots__ = ("transfer_id", "round", "base_version", "digest", "size", "offset", "num_tokens", "train_loss", "base_eval_loss", "signature", "train_seconds")
+    __slots__ = ("transfer_id", "round", "base_version", "digest", "size", "offset", "num_tokens", "train_loss", "base_eval_loss", "signature", "train_seconds", "codec")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class UploadHeader(_message.Message):
     BASE_EVAL_LOSS_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
     round: int
     base_version: int
@@ -148,7 +149,8 @@ class UploadHeader(_message.Message):
     base_eval_loss: float
     signature: bytes
     train_seconds: float
-    def __init__(self, transfer_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., num_tokens: _Optional[int] = ..., train_loss: _Optional[float] = ..., base_eval_loss: _Optional[float] = ..., signature: _Optional[bytes] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    codec: str
+    def __init__(self, transfer_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., digest: _Optional[str] = ..., size: _Optional[int] = ..., offset: _Optional[int] = ..., num_tokens: _Optional[int] = ..., train_loss: _Optional[float] = ..., base_eval_loss: _Optional[float] = ..., signature: _Optional[bytes] = ..., train_seconds: _Optional[float] = ..., codec: _Optional[str] = ...) -> None: ...
 
 class UploadChunk(_message.Message):
     __slots__ = ("header", "chunk")
