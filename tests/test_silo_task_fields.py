@@ -10,6 +10,7 @@ from typing import Any, cast
 
 import grpc
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from photon.update import UpdateRecord
@@ -35,6 +36,16 @@ class _HeartbeatClient:
         if reply is None:
             raise _Unavailable()
         return reply
+
+
+@pytest.fixture(autouse=True)
+def _all_levels_logged() -> Iterator[None]:
+    """capture_logs sees only what the configured level lets through, and another test in this
+    process may have configured the daemons' logging with a higher level."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    yield
+    structlog.configure(**saved)
 
 
 def test_heartbeat_keeps_the_global_version_as_a_gauge() -> None:

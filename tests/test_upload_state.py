@@ -65,10 +65,12 @@ def test_a_failed_write_leaves_memory_at_the_bytes_on_disk(
     assert session.partial is not None
     fh = session.partial._fh
 
-    def no_space(_data: object) -> int:
-        raise OSError(28, "No space left on device")
+    def io_error(
+        _data: object,
+    ) -> int:  # a full disk is its own path (tests/faults/test_disk_full.py)
+        raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(fh, "write", no_space, raising=False)
+    monkeypatch.setattr(fh, "write", io_error, raising=False)
     second = GOOD[4096:8192]
     with pytest.raises(OSError):
         session.write(generation, 4096, second, crc32(second))
