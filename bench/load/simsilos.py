@@ -30,6 +30,8 @@ from photon.v1 import federation_pb2 as pb
 from photon.v1 import federation_pb2_grpc as pb_grpc
 
 CHUNK = 1024 * 1024
+#: Join attempts before a simulated silo gives up (a real one retries for minutes).
+JOIN_TRIES = 30
 R = TypeVar("R")
 
 
@@ -74,9 +76,7 @@ class SimSilo:
             self.record.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     def run(self) -> None:
-        joined = self.unary(
-            "Join", lambda: self.stub.Join(pb.JoinRequest(num_train_tokens=self.tokens), timeout=30)
-        )
+        joined = self._join()
         if joined is None:
             return
         self.interval = max(1.0, joined.heartbeat_interval_s)
@@ -95,6 +95,15 @@ class SimSilo:
                 self.stop.wait(min(task.retry_after_s or 1.0, 1.0))
         self.unary("Leave", lambda: self.stub.Leave(pb.LeaveRequest(reason="bench"), timeout=30))
         self.channel.close()
+
+    def _join(self) -> Any:
+        """Join, retrying a refusal for now (UNAVAILABLE, RESOURCE_EXHAUSTED …) as a silo does."""
+        request = pb.JoinRequest(num_train_tokens=self.tokens)
+        for attempt in range(JOIN_TRIES):
+            joined = self.unary("Join", lambda: self.stub.Join(request, timeout=30))
+            if joined is not None or self.stop.wait(min(2.0 * (attempt + 1), 10.0)):
+                return joined
+        return None
 
     def _report_eval(self, task: Any) -> None:
         report = pb.EvalReport(version=task.base_version, loss=2.0, tokens=100)
