@@ -43,6 +43,9 @@ class UpdateVerifier:
         entries, _ = read_audit(audit.path)
         self.counts: Counter[str] = Counter(str(e.get("verdict")) for e in entries)
         self._reconcile(store, entries)
+        #: An audit line failed after its journal row may have been committed: the next
+        #: `reconcile` must read the log and the journal (otherwise it has nothing to do).
+        self._behind = False
 
     def verify(self, silo: str, update: UpdateRecord, path: Path, peer_cert: bytes | None) -> float:
         """The update's L2 norm, or UpdateRejected (recorded in the audit log)."""
@@ -59,9 +62,13 @@ class UpdateVerifier:
 
     def reconcile(self) -> None:
         """Write the audit line of any journaled update that lacks one (a full disk can refuse
-        the line after the journal row was committed)."""
+        the line after the journal row was committed). Reads the whole log and journal, so
+        only after an audit write failed; at start the constructor does it once."""
+        if not self._behind:
+            return
         entries, _ = read_audit(self.audit.path)
         self._reconcile(self.store, entries)
+        self._behind = False
 
     def _reconcile(self, store: Store, entries: list[dict[str, object]]) -> None:
         """The journal is the commit point and the audit line follows it; a crash between the
@@ -87,7 +94,11 @@ class UpdateVerifier:
 
     def record(self, silo: str, update: UpdateRecord, verdict: str, reason: str = "") -> None:
         self.counts[verdict] += 1
-        self.audit.record(silo=silo, **update.audit_fields(), verdict=verdict, reason=reason)
+        try:
+            self.audit.record(silo=silo, **update.audit_fields(), verdict=verdict, reason=reason)
+        except BaseException:
+            self._behind = True
+            raise
 
     def excluded(self, row: UpdateRow, reason: str) -> None:
         """An accepted update left out of its round's aggregate (see GlobalModel.advance)."""
